@@ -1,0 +1,1 @@
+"""Built-in connectors, registered through the `dataproduct.connectors` entry points."""

@@ -1,0 +1,260 @@
+"""The product descriptor: `dataproduct.yaml`, a pure and validated model of one product.
+
+It is loaded once, validated with precise messages (the file, the path inside it, the
+reason) and it is exactly what discovery and the marketplace publish.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ValidationError as PydanticValidationError
+from sqlglot import errors as sqlglot_errors
+from sqlglot import exp
+
+from dataproduct.errors import DescriptorError
+
+DESCRIPTOR_FILE = "dataproduct.yaml"
+PIPELINE_DIR = "pipeline"
+
+SLUG = r"^[a-z][a-z0-9-]{0,62}$"
+IDENTIFIER = r"^[a-z_][a-z0-9_]{0,62}$"
+SEMVER = r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$"
+CRON_FIELD = r"^[\d*/,\-A-Za-z?LW#]+$"
+
+Layer = Literal["staging", "output"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OwnerSpec(_Strict):
+    """Who answers for the product."""
+
+    name: str = Field(min_length=1)
+    email: str = Field(pattern=r"^[^@\s]+@[^@\s]+$")
+
+
+class ColumnSpec(_Strict):
+    """One documented column of a dataset: its contract with consumers."""
+
+    type: str
+    required: bool = False
+    description: str = ""
+    classification: str | None = None
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        return normalize_type(value)
+
+
+class DatasetSpec(_Strict):
+    """A documented output dataset."""
+
+    description: str = ""
+    tags: list[str] = []
+    columns: dict[str, ColumnSpec] = {}
+    quality: list[dict[str, Any]] = []
+
+    @field_validator("columns")
+    @classmethod
+    def _column_names(cls, value: dict[str, ColumnSpec]) -> dict[str, ColumnSpec]:
+        for name in value:
+            _check_identifier(name, "column name")
+        return value
+
+
+class ModelSpec(_Strict):
+    """One SQL model of the pipeline: a single SELECT that builds a table."""
+
+    name: str = Field(pattern=IDENTIFIER)
+    layer: Layer = "output"
+    sql: str = Field(min_length=1)
+    description: str = ""
+
+
+class AccessSpec(_Strict):
+    """A grant of a dataset to a group or a user."""
+
+    dataset: str
+    group: str | None = None
+    user: str | None = None
+
+    @model_validator(mode="after")
+    def _one_grantee(self) -> AccessSpec:
+        if (self.group is None) == (self.user is None):
+            raise ValueError("give exactly one of 'group' or 'user'")
+        return self
+
+
+class SourceConfig(BaseModel):
+    """A source as written: its `type` picks the connector that validates the rest."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    type: str = Field(min_length=1)
+
+    def options(self) -> dict[str, Any]:
+        """Every field but `type`, for the connector's own spec."""
+        return dict(self.model_extra or {})
+
+
+class ProductDescriptor(_Strict):
+    """Identity, ownership, sources, pipeline, datasets and access of one data product."""
+
+    name: str = Field(pattern=SLUG)
+    domain: str
+    version: str = Field(pattern=SEMVER)
+    description: str = ""
+    owner: OwnerSpec
+    tags: list[str] = []
+    sources: dict[str, SourceConfig] = {}
+    pipeline: list[ModelSpec] = []
+    datasets: dict[str, DatasetSpec] = {}
+    access: list[AccessSpec] = []
+    schedule: str | None = None
+
+    @field_validator("domain")
+    @classmethod
+    def _domain_path(cls, value: str) -> str:
+        parts = value.strip("/").split("/")
+        if not all(re.match(SLUG, part) for part in parts):
+            raise ValueError("must be a business-area path of lowercase slugs, like 'sales/europe'")
+        return "/".join(parts)
+
+    @field_validator("sources")
+    @classmethod
+    def _source_names(cls, value: dict[str, SourceConfig]) -> dict[str, SourceConfig]:
+        for name in value:
+            _check_identifier(name, "source name")
+        return value
+
+    @field_validator("datasets")
+    @classmethod
+    def _dataset_names(cls, value: dict[str, DatasetSpec]) -> dict[str, DatasetSpec]:
+        for name in value:
+            _check_identifier(name, "dataset name")
+        return value
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        fields = value.split()
+        if len(fields) != 5 or not all(re.match(CRON_FIELD, f) for f in fields):
+            raise ValueError("must be a cron expression of five fields, like '0 * * * *'")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ProductDescriptor:
+        names = [model.name for model in self.pipeline]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"pipeline models must have unique names; repeated: {duplicates}")
+        clashes = sorted(set(names) & set(self.sources))
+        if clashes:
+            raise ValueError(f"a model and a source share the name {clashes}")
+        for index, grant in enumerate(self.access):
+            if grant.dataset not in self.datasets and grant.dataset not in names:
+                raise ValueError(f"access[{index}] names unknown dataset '{grant.dataset}'")
+        return self
+
+    @property
+    def major(self) -> int:
+        """The major version: a new one means a breaking change for consumers."""
+        return int(self.version.split(".", 1)[0])
+
+
+def normalize_type(type_name: str) -> str:
+    """The canonical DuckDB spelling of a SQL type; ValueError if it is not a type."""
+    try:
+        built = exp.DataType.build(type_name, dialect="duckdb")
+    except (sqlglot_errors.ParseError, ValueError) as error:
+        raise ValueError(f"'{type_name}' is not a SQL type") from error
+    return built.sql("duckdb")
+
+
+def _check_identifier(name: str, what: str) -> None:
+    if not re.match(IDENTIFIER, name):
+        raise ValueError(
+            f"{what} '{name}' must be lowercase letters, digits and underscores, "
+            "starting with a letter"
+        )
+
+
+def load_descriptor(product_dir: Path) -> ProductDescriptor:
+    """Read and validate `DIR/dataproduct.yaml` and `DIR/pipeline/*.sql`.
+
+    Raises DescriptorError naming the file, the path inside it and every reason.
+    """
+    path = product_dir / DESCRIPTOR_FILE
+    if not path.is_file():
+        raise DescriptorError(f"no {DESCRIPTOR_FILE} in {product_dir}", where=str(path))
+    raw = _read_yaml(path)
+    raw["pipeline"] = _merge_sql_files(product_dir, raw.get("pipeline"))
+    try:
+        return ProductDescriptor.model_validate(raw)
+    except PydanticValidationError as error:
+        raise _descriptor_error(path, error) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise DescriptorError(f"not valid YAML: {error.problem}", where=where) from None
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise DescriptorError(f"not valid YAML: {error}", where=str(path)) from None
+    if not isinstance(data, dict):
+        raise DescriptorError("the descriptor must be a mapping of fields", where=str(path))
+    return data
+
+
+def _merge_sql_files(product_dir: Path, declared: Any) -> Any:
+    """Models from `pipeline/*.sql`: the file stem is the name; `-- layer: staging` sets it."""
+    sql_dir = product_dir / PIPELINE_DIR
+    if not sql_dir.is_dir():
+        return declared if declared is not None else []
+    if declared is not None and not isinstance(declared, list):
+        return declared  # let validation report the wrong shape
+    models = list(declared or [])
+    declared_names = {m.get("name") for m in models if isinstance(m, dict)}
+    for sql_file in sorted(sql_dir.glob("*.sql")):
+        if sql_file.stem in declared_names:
+            continue
+        sql = sql_file.read_text(encoding="utf-8")
+        layer_match = re.search(r"^\s*--\s*layer:\s*(\w+)", sql, re.MULTILINE)
+        models.append(
+            {
+                "name": sql_file.stem,
+                "layer": layer_match.group(1) if layer_match else "output",
+                "sql": sql,
+            }
+        )
+    return models
+
+
+def _descriptor_error(path: Path, error: PydanticValidationError) -> DescriptorError:
+    problems = []
+    for item in error.errors():
+        location = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        reason = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            reason = "unknown field"
+        problems.append({"path": location, "message": reason})
+    first = problems[0]
+    summary = f"{first['path']}: {first['message']}"
+    if len(problems) > 1:
+        summary += f" (and {len(problems) - 1} more)"
+    return DescriptorError(
+        f"invalid descriptor: {summary}", where=f"{path}: {first['path']}", problems=problems
+    )

@@ -1,0 +1,81 @@
+"""Runtime settings, read from `DATAPRODUCT_*` environment variables and `/run/secrets`."""
+
+from __future__ import annotations
+
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from dataproduct.errors import ConfigurationError
+
+SECRETS_DIR = Path("/run/secrets")
+
+
+class DataproductSettings(BaseSettings):
+    """How one product process runs. Every field is `DATAPRODUCT_<NAME>` in the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DATAPRODUCT_",
+        secrets_dir=str(SECRETS_DIR) if SECRETS_DIR.is_dir() else None,
+        extra="ignore",
+    )
+
+    env: Literal["local", "production"] = "local"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    public_url: str | None = None
+    data_dir: Path = Path(".dataproduct")
+    jwt_secret: str = ""
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_algorithms: list[str] = ["HS256"]
+    max_upload_bytes: int = Field(default=1024 * 1024 * 1024, ge=1)
+    max_json_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
+    max_page_rows: int = Field(default=10_000, ge=1)
+    default_page_rows: int = Field(default=100, ge=1)
+    memory_limit: str | None = None
+    threads: int | None = Field(default=None, ge=1)
+    ingest_on_start: bool = True
+    log_level: str = "info"
+
+    @field_validator("public_url")
+    @classmethod
+    def _strip_slash(cls, value: str | None) -> str | None:
+        return value.rstrip("/") if value else value
+
+    def base_url(self) -> str:
+        """The URL this product gives out in every link."""
+        if self.public_url:
+            return self.public_url
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host  # noqa: S104
+        return f"http://{host}:{self.port}"
+
+    def require_secret(self) -> str:
+        """The HS256 secret; outside local mode an empty or short one is refused."""
+        if len(self.jwt_secret) >= 16:
+            return self.jwt_secret
+        if self.env == "production":
+            raise ConfigurationError(
+                "DATAPRODUCT_JWT_SECRET must be set to at least 16 characters in production",
+                where="DATAPRODUCT_JWT_SECRET",
+            )
+        if self.jwt_secret:
+            raise ConfigurationError(
+                "DATAPRODUCT_JWT_SECRET is too short: use at least 16 characters",
+                where="DATAPRODUCT_JWT_SECRET",
+            )
+        return ""
+
+    def with_session_secret(self) -> DataproductSettings:
+        """A copy with a random secret for this session (local mode without a secret)."""
+        return self.model_copy(update={"jwt_secret": secrets.token_urlsafe(32)})
+
+
+@lru_cache
+def get_settings() -> DataproductSettings:
+    """The process-wide settings, read once. Tests build their own instances instead."""
+    return DataproductSettings()

@@ -1,0 +1,1 @@
+"""SQL pipelines: models, the planner (pure), the runner (the only code that executes)."""

@@ -1,0 +1,161 @@
+"""The planner: parse, guard, order and derive lineage. Pure: no database, no I/O.
+
+A plan is frozen: the ordered steps with the exact SQL that will run and the tables
+each step reads. A pipeline with any problem gives no plan but every problem, each
+naming the model, the rule, the line and the column.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from graphlib import CycleError, TopologicalSorter
+from typing import Any
+
+from sqlglot import exp
+
+from dataproduct.errors import SqlRejectedError
+from dataproduct.sqlguard import GuardContext, SqlGuard, position
+from pipelines.model import Model, Pipeline
+
+
+@dataclass(frozen=True)
+class Step:
+    """One model to build, with the SQL that will run and what it reads."""
+
+    model: Model
+    sql: str
+    reads: tuple[str, ...]
+    depends_on: tuple[str, ...]
+
+    @property
+    def target(self) -> str:
+        """The table it builds: `layer.name`."""
+        return f"{self.model.layer}.{self.model.name}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "model": self.model.name,
+            "layer": self.model.layer,
+            "target": self.target,
+            "sql": self.sql,
+            "reads": list(self.reads),
+            "depends_on": list(self.depends_on),
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Ordered steps of a valid pipeline."""
+
+    steps: tuple[Step, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, with table-level lineage."""
+        return {
+            "steps": [step.to_dict() for step in self.steps],
+            "lineage": [
+                {"from": source, "to": step.target} for step in self.steps for source in step.reads
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why a pipeline cannot be planned."""
+
+    model: str
+    rule: str
+    message: str
+    line: int | None = None
+    column: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "model": self.model,
+            "rule": self.rule,
+            "message": self.message,
+            "line": self.line,
+            "column": self.column,
+        }
+
+
+class PipelineRejectedError(SqlRejectedError):
+    """The pipeline has problems; `details.problems` lists every one."""
+
+    code = "pipeline_rejected"
+
+    def __init__(self, problems: list[Problem]) -> None:
+        first = problems[0]
+        where = f"model {first.model}"
+        if first.line:
+            where += f", line {first.line}, column {first.column}"
+        summary = f"{first.rule}: {first.message}"
+        if len(problems) > 1:
+            summary += f" (and {len(problems) - 1} more)"
+        super().__init__(
+            f"pipeline rejected: {summary}",
+            where=where,
+            problems=[p.to_dict() for p in problems],
+        )
+
+
+def plan_pipeline(pipeline: Pipeline, sources: set[str], guard: SqlGuard | None = None) -> Plan:
+    """Check every model and order them; raise PipelineRejectedError with every problem."""
+    guard = guard or SqlGuard()
+    context = GuardContext()
+    targets = {(m.layer, m.name): m for m in pipeline.models}
+    problems: list[Problem] = []
+    parsed: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {}
+    for model in pipeline.models:
+        result = guard.check(model.sql, context)
+        problems += [
+            Problem(model.name, v.rule, v.message, v.line, v.column) for v in result.violations
+        ]
+        if result.tree is None or result.violations:
+            continue
+        reads, depends, unknown = _references(result.tree, targets, sources)
+        problems += [Problem(model.name, "unknown_table", msg, *pos) for msg, pos in unknown]
+        if model.name in depends:
+            problems.append(Problem(model.name, "cycle", "a model cannot read its own table"))
+        parsed[model.name] = (result.tree.sql("duckdb", pretty=True), reads, depends)
+    if problems:
+        raise PipelineRejectedError(problems)
+    order = _order(parsed)
+    by_name = {m.name: m for m in pipeline.models}
+    return Plan(tuple(Step(by_name[n], parsed[n][0], parsed[n][1], parsed[n][2]) for n in order))
+
+
+def _references(
+    tree: exp.Expression, targets: dict[tuple[str, str], Model], sources: set[str]
+) -> tuple[tuple[str, ...], tuple[str, ...], list[tuple[str, tuple[int | None, int | None]]]]:
+    reads: list[str] = []
+    depends: list[str] = []
+    unknown = []
+    for table in tree.find_all(exp.Table):
+        layer, name = table.db.lower(), table.name
+        if not layer:
+            continue  # a CTE; the guard refused every other unqualified name
+        qualified = f"{layer}.{name}"
+        if layer == "input":
+            if name not in sources:
+                unknown.append((f"input.{name} is not a declared source", position(table)))
+        elif (layer, name) in targets:
+            depends.append(name)
+        else:
+            unknown.append((f"{qualified} is not built by any model", position(table)))
+        if qualified not in reads:
+            reads.append(qualified)
+    return tuple(reads), tuple(dict.fromkeys(depends)), unknown
+
+
+def _order(parsed: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]]) -> list[str]:
+    sorter = TopologicalSorter({name: set(info[2]) for name, info in parsed.items()})
+    try:
+        return list(sorter.static_order())
+    except CycleError as error:
+        cycle = " -> ".join(error.args[1])
+        raise PipelineRejectedError(
+            [Problem(error.args[1][0], "cycle", f"models depend on each other: {cycle}")]
+        ) from None

@@ -1,0 +1,219 @@
+"""The product runtime: one product's descriptor, storage, sources, pipeline and runs.
+
+This is the core the ports call: each operation of the HTTP contract is one method here.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dataproduct.catalog import create_meta_tables
+from dataproduct.connector import Connector, SourceContext, build_connectors
+from dataproduct.descriptor import ProductDescriptor, load_descriptor
+from dataproduct.errors import (
+    ConflictError,
+    DataproductError,
+    NotFoundError,
+    NotReadyError,
+    UnsupportedMediaTypeError,
+)
+from dataproduct.ingest import FileFormat, Ingestion, file_reader, load_stream
+from dataproduct.settings import DataproductSettings
+from dataproduct.storage import Storage, file_connection
+from pipelines.model import Pipeline
+from pipelines.planner import Plan, plan_pipeline
+from pipelines.runs import Run, RunManager
+from pipelines.store import PipelineVersion, get_version, save_version, sync_descriptor_pipeline
+
+log = logging.getLogger("dataproduct")
+
+DATABASE_FILE = "product.duckdb"
+
+
+@dataclass
+class Readiness:
+    """Whether the product finished starting, and what went wrong if it did not."""
+
+    ready: threading.Event = field(default_factory=threading.Event)
+    problems: list[dict[str, Any]] = field(default_factory=list)
+
+
+class ProductRuntime:
+    """Everything one running data product is made of."""
+
+    def __init__(
+        self,
+        product_dir: Path,
+        descriptor: ProductDescriptor,
+        settings: DataproductSettings,
+        storage: Storage,
+    ) -> None:
+        self.product_dir = product_dir
+        self.descriptor = descriptor
+        self.settings = settings
+        self.storage = storage
+        self.data_dir = settings.data_dir.resolve() / descriptor.name
+        self.connectors: dict[str, Connector] = build_connectors(
+            descriptor, SourceContext(product_dir, self.data_dir)
+        )
+        with storage.transaction() as cursor:
+            create_meta_tables(cursor)
+        self.runs = RunManager(storage)
+        self.readiness = Readiness()
+        self._pipeline_lock = threading.Lock()
+        sync_descriptor_pipeline(storage, Pipeline.from_specs(descriptor.pipeline))
+
+    @classmethod
+    def open(cls, product_dir: Path, settings: DataproductSettings) -> ProductRuntime:
+        """Load and validate the product folder, then open its database."""
+        product_dir = product_dir.resolve()
+        descriptor = load_descriptor(product_dir)
+        data_dir = settings.data_dir.resolve() / descriptor.name
+        storage = Storage(
+            file_connection(data_dir / DATABASE_FILE, settings.memory_limit, settings.threads)
+        )
+        try:
+            return cls(product_dir, descriptor, settings, storage)
+        except BaseException:
+            storage.close()
+            raise
+
+    def close(self) -> None:
+        """Stop a running run and close the database."""
+        active = self.runs.active()
+        if active is not None:
+            self.runs.cancel(active.id)
+            active.done.wait(10)
+        self.storage.close()
+
+    # sources -------------------------------------------------------------------------
+
+    def source(self, name: str) -> Connector:
+        """A declared source, or NotFoundError."""
+        try:
+            return self.connectors[name]
+        except KeyError:
+            raise NotFoundError(
+                f"no source '{name}'; declared: {', '.join(self.connectors) or 'none'}",
+                where=f"sources/{name}",
+            ) from None
+
+    def ingest(self, name: str | None, principal: str) -> list[Ingestion]:
+        """Pull one source, or every pulling source, into the input layer."""
+        names = [name] if name else [n for n, c in self.connectors.items() if c.pulls]
+        results = []
+        for source_name in names:
+            connector = self.source(source_name)
+            results.append(
+                load_stream(
+                    self.storage,
+                    source_name,
+                    connector.open_stream,
+                    mode=connector.spec.mode,
+                    principal=principal,
+                )
+            )
+        return results
+
+    def push(
+        self, name: str, path: Path, file_format: FileFormat, principal: str, mode: str | None
+    ) -> Ingestion:
+        """Load a pushed file into `input.<name>` (all rows or none)."""
+        connector = self.source(name)
+        if connector.pulls:
+            raise ConflictError(
+                f"source '{name}' is pulled by its connector, not pushed to; "
+                "declare a source of type 'push' to receive data",
+                where=f"sources/{name}",
+            )
+        declared = getattr(connector.spec, "format", None)
+        if (
+            declared
+            and declared != file_format
+            and not ({declared, file_format} <= {"json", "ndjson"})
+        ):
+            raise UnsupportedMediaTypeError(
+                f"source '{name}' takes {declared}, not {file_format}", where="Content-Type"
+            )
+        return load_stream(
+            self.storage,
+            name,
+            lambda: file_reader(str(path), file_format),
+            mode=mode or connector.spec.mode,
+            principal=principal,
+            size_bytes=path.stat().st_size,
+        )
+
+    def upload_dir(self) -> Path:
+        """Where pushed bodies are streamed to before loading."""
+        path = self.data_dir / "uploads"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    # pipeline ------------------------------------------------------------------------
+
+    def pipeline(self, version: int | None = None) -> PipelineVersion | None:
+        """The current pipeline (or an older version)."""
+        return get_version(self.storage, version)
+
+    def plan(self, pipeline: Pipeline | None = None) -> Plan:
+        """Plan a pipeline (the current one with None) without running anything."""
+        if pipeline is None:
+            current = self.pipeline()
+            pipeline = current.pipeline if current else Pipeline(())
+        return plan_pipeline(pipeline, set(self.connectors))
+
+    def replace_pipeline(self, pipeline: Pipeline, principal: str) -> PipelineVersion:
+        """Validate and store a new pipeline; a rejected one changes nothing."""
+        with self._pipeline_lock:
+            self.plan(pipeline)
+            return save_version(self.storage, pipeline, origin="api", submitted_by=principal)
+
+    def start_run(self, principal: str, trigger: str = "api") -> Run:
+        """Plan the current pipeline and run it in the background (202 semantics)."""
+        current = self.pipeline()
+        if current is None or not current.pipeline.models:
+            raise ConflictError("there is no pipeline to run; PUT /control/pipeline first")
+        plan = self.plan(current.pipeline)
+        return self.runs.start(
+            plan,
+            pipeline_version=current.version,
+            contracts=dict(self.descriptor.datasets),
+            trigger=trigger,
+            principal=principal,
+        )
+
+    # start-up --------------------------------------------------------------------------
+
+    def startup(self) -> None:
+        """Ingest every pulling source and run the pipeline; then the product is ready."""
+        try:
+            if self.settings.ingest_on_start:
+                self.ingest(None, principal="startup")
+                current = self.pipeline()
+                if current is not None and current.pipeline.models:
+                    run = self.start_run("startup", trigger="startup")
+                    state = self.runs.wait(run.id, timeout_s=3600)
+                    if state["status"] != "succeeded":
+                        self.readiness.problems.append(
+                            {"run": state["id"], **(state["error"] or {})}
+                        )
+        except DataproductError as error:
+            log.error("start-up: %s", error.message)
+            self.readiness.problems.append(error.to_dict()["error"])
+        finally:
+            self.readiness.ready.set()
+
+    def require_ready(self) -> None:
+        """NotReadyError while the product is still starting."""
+        if not self.readiness.ready.is_set():
+            raise NotReadyError("the product is starting: first ingestion and run are going")
+
+    def clean_uploads(self) -> None:
+        """Remove leftovers of interrupted uploads."""
+        shutil.rmtree(self.data_dir / "uploads", ignore_errors=True)
