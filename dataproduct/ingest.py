@@ -11,7 +11,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -69,8 +69,8 @@ def file_reader(
 
 def _reader_call(
     paths: str | Sequence[str], file_format: FileFormat, options: dict[str, Any]
-) -> exp.Expression:
-    target: exp.Expression
+) -> exp.Expr:
+    target: exp.Expr
     if isinstance(paths, str):
         target = exp.Literal.string(paths)
     else:
@@ -86,13 +86,13 @@ def _reader_call(
         settings["format"] = "newline_delimited"
     elif file_format == "json":
         settings.setdefault("format", "auto")
-    args: list[exp.Expression] = [target]
+    args: list[exp.Expr] = [target]
     for key, value in settings.items():
         args.append(exp.EQ(this=exp.column(key), expression=_literal(value)))
     return exp.Anonymous(this=function, expressions=args)
 
 
-def _literal(value: Any) -> exp.Expression:
+def _literal(value: Any) -> exp.Expr:
     if isinstance(value, bool):
         return exp.Boolean(this=value)
     if isinstance(value, int | float):
@@ -188,12 +188,12 @@ def _write_input(
     try:
         if mode == "append" and exists and exists[0]:
             before = _count(cursor, table)
-            insert = exp.insert(stream, table, by_name=True)
+            insert = exp.Insert(this=table, expression=stream, by_name=True)
             try:
                 cursor.execute(insert.sql("duckdb"))
-            except duckdb.BinderException as error:
+            except (duckdb.BinderException, duckdb.ConversionException) as error:
                 raise ValidationError(
-                    f"pushed columns do not match input.{source}: {_first_line(error)}",
+                    f"rows do not fit input.{source}: {_first_line(error)}",
                     where=f"input.{source}",
                 ) from None
             return _count(cursor, table) - before
@@ -201,7 +201,8 @@ def _write_input(
         cursor.execute(create.sql("duckdb"))
         return _count(cursor, table)
     finally:
-        cursor.unregister(_STREAM_NAME)
+        with suppress(duckdb.Error):  # an aborted transaction drops it with the rollback
+            cursor.unregister(_STREAM_NAME)
 
 
 def _count(cursor: duckdb.DuckDBPyConnection, table: exp.Table) -> int:

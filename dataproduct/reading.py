@@ -19,8 +19,9 @@ import pyarrow as pa
 from sqlglot import exp
 
 from dataproduct.catalog import PublishedDataset, published_dataset
-from dataproduct.errors import BadRequestError, ConflictError, NotFoundError
-from dataproduct.storage import Storage
+from dataproduct.errors import BadRequestError, ConflictError, NotFoundError, SqlRejectedError
+from dataproduct.sqlguard import GuardContext, SqlGuard
+from dataproduct.storage import Storage, translate
 
 BATCH_ROWS = 1 << 17
 _NESTED = ("[]", "STRUCT", "MAP", "UNION")
@@ -57,10 +58,10 @@ def select_columns(dataset: PublishedDataset, columns: list[str] | None) -> list
     return [by_name[c] for c in dict.fromkeys(columns)]
 
 
-def _projection(columns: list[dict[str, Any]], text_nested: bool) -> list[exp.Expression]:
-    out: list[exp.Expression] = []
+def _projection(columns: list[dict[str, Any]], text_nested: bool) -> list[exp.Expr]:
+    out: list[exp.Expr] = []
     for column in columns:
-        ref: exp.Expression = exp.column(column["name"], quoted=True)
+        ref: exp.Expr = exp.column(column["name"], quoted=True)
         if text_nested and any(mark in column["type"] for mark in _NESTED):
             ref = exp.alias_(exp.cast(ref, "VARCHAR"), column["name"], quoted=True)
         out.append(ref)
@@ -89,20 +90,20 @@ def open_stream(
         query = query.limit(limit)
     cursor = storage.cursor()
     try:
-        reader = cursor.execute(query.sql("duckdb")).to_arrow_reader(batch_size=BATCH_ROWS)
+        reader = cursor.sql(query.sql("duckdb")).to_arrow_reader(batch_size=BATCH_ROWS)
     except BaseException:
         cursor.close()
         raise
     return cursor, reader
 
 
-def _json_object(columns: list[dict[str, Any]]) -> exp.Expression:
+def _json_object(columns: list[dict[str, Any]]) -> exp.Expr:
     """`to_json({...})::VARCHAR || chr(10)`: one JSON line per row, typed by DuckDB."""
     newline = exp.Anonymous(this="chr", expressions=[exp.Literal.number(10)])
     return exp.DPipe(this=_json_text(columns), expression=newline)
 
 
-def _json_text(columns: list[dict[str, Any]]) -> exp.Expression:
+def _json_text(columns: list[dict[str, Any]]) -> exp.Expr:
     """`to_json({...})::VARCHAR`: the row as a JSON object, typed by DuckDB."""
     struct = exp.Struct(
         expressions=[
@@ -162,3 +163,53 @@ def decode_cursor(token: str, dataset: PublishedDataset) -> int:
             where="cursor",
         )
     return after
+
+
+def guarded_query(sql: str) -> exp.Query:
+    """Parse and guard a consumer's query: one SELECT over `output.*` only."""
+    result = SqlGuard().check(sql, GuardContext(readable_layers=("output",)))
+    if not result.ok or not isinstance(result.tree, exp.Query):
+        violations = [v.to_dict() for v in result.violations]
+        first = result.violations[0] if result.violations else None
+        raise SqlRejectedError(
+            f"query refused: {first}" if first else "query refused",
+            where=f"sql, line {first.line}, column {first.column}"
+            if first and first.line
+            else "sql",
+            violations=violations,
+        )
+    return result.tree
+
+
+def query_page(storage: Storage, query: exp.Query, limit: int) -> tuple[list[str], bool]:
+    """Up to `limit` rows of a guarded query as JSON text, and whether more were left."""
+    wrapped = exp.select(_row_json()).from_(query.subquery("q")).limit(limit + 1)
+    with storage.reader() as cursor:
+        rows = cursor.execute(wrapped.sql("duckdb")).fetchall()
+    return [row[0] for row in rows[:limit]], len(rows) > limit
+
+
+def open_query_stream(
+    storage: Storage, query: exp.Query, *, limit: int | None, json_lines: bool
+) -> tuple[duckdb.DuckDBPyConnection, pa.RecordBatchReader]:
+    """A cursor and a reader over a guarded query's rows."""
+    if json_lines:
+        newline = exp.Anonymous(this="chr", expressions=[exp.Literal.number(10)])
+        outer = exp.select(exp.DPipe(this=_row_json(), expression=newline))
+    else:
+        outer = exp.select("*")
+    statement = outer.from_(query.subquery("q"))
+    if limit is not None:
+        statement = statement.limit(limit)
+    cursor = storage.cursor()
+    try:
+        reader = cursor.sql(statement.sql("duckdb")).to_arrow_reader(batch_size=BATCH_ROWS)
+    except duckdb.Error as error:
+        cursor.close()
+        raise translate(error) from None
+    return cursor, reader
+
+
+def _row_json() -> exp.Expr:
+    """`to_json(q)::VARCHAR`: the whole row of subquery `q` as a JSON object."""
+    return exp.cast(exp.Anonymous(this="to_json", expressions=[exp.column("q")]), "VARCHAR")

@@ -34,7 +34,7 @@ _DENIED_NAMES = frozenset(
 )  # fmt: skip
 _ALLOWED_TABLE_FUNCTIONS = frozenset({"range", "generate_series", "unnest"})
 
-_FORBIDDEN_NODES: tuple[type[exp.Expression], ...] = (
+_FORBIDDEN_NODES: tuple[type[exp.Expr], ...] = (
     exp.Create, exp.Drop, exp.Insert, exp.Update, exp.Delete, exp.Merge, exp.Alter,
     exp.Command, exp.Pragma, exp.Set, exp.Copy, exp.Attach, exp.Detach, exp.Use,
     exp.Transaction, exp.Commit, exp.Rollback, exp.Export, exp.Install, exp.LoadData,
@@ -77,15 +77,15 @@ class Rule(Protocol):
 
     name: str
 
-    def check(self, tree: exp.Expression, context: GuardContext) -> Iterator[Violation]:
+    def check(self, tree: exp.Expr, context: GuardContext) -> Iterator[Violation]:
         """Yield every violation found in the tree."""
         ...
 
 
-def position(node: exp.Expression) -> tuple[int | None, int | None]:
+def position(node: exp.Expr) -> tuple[int | None, int | None]:
     """Line and column of a node, from its own tokens or its first child that has them."""
     for candidate in node.walk():
-        meta = candidate.meta if isinstance(candidate, exp.Expression) else {}
+        meta = candidate.meta if isinstance(candidate, exp.Expr) else {}
         if "line" in meta:
             col = meta.get("col")
             end, start = meta.get("end"), meta.get("start")
@@ -95,7 +95,7 @@ def position(node: exp.Expression) -> tuple[int | None, int | None]:
     return None, None
 
 
-def _violation(rule: str, message: str, node: exp.Expression) -> Violation:
+def _violation(rule: str, message: str, node: exp.Expr) -> Violation:
     line, column = position(node)
     return Violation(rule, message, line, column)
 
@@ -105,7 +105,7 @@ class OnlyQueries:
 
     name = "only_queries"
 
-    def check(self, tree: exp.Expression, context: GuardContext) -> Iterator[Violation]:
+    def check(self, tree: exp.Expr, context: GuardContext) -> Iterator[Violation]:
         if not isinstance(tree, exp.Query):
             kind = type(tree).__name__.upper()
             yield Violation(self.name, f"only a query is allowed here, not {kind}", 1, 1)
@@ -120,7 +120,7 @@ class NoOutsideFunctions:
 
     name = "no_outside_functions"
 
-    def check(self, tree: exp.Expression, context: GuardContext) -> Iterator[Violation]:
+    def check(self, tree: exp.Expr, context: GuardContext) -> Iterator[Violation]:
         for node in tree.find_all(exp.Func):
             name = function_name(node)
             if name in _DENIED_NAMES or name.startswith(_DENIED_PREFIXES):
@@ -132,7 +132,7 @@ class OnlyLayerTables:
 
     name = "only_layer_tables"
 
-    def check(self, tree: exp.Expression, context: GuardContext) -> Iterator[Violation]:
+    def check(self, tree: exp.Expr, context: GuardContext) -> Iterator[Violation]:
         cte_names = {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
         for table in tree.find_all(exp.Table):
             yield from self._check_table(table, cte_names, context)
@@ -166,7 +166,7 @@ class OnlyLayerTables:
             )
 
 
-def function_name(node: exp.Expression) -> str:
+def function_name(node: exp.Expr) -> str:
     """The lower-case SQL name of a function node."""
     if isinstance(node, exp.Anonymous):
         return str(node.name).lower()
@@ -183,7 +183,7 @@ class GuardResult:
     """The parsed statement (when there is one) and every violation found."""
 
     sql: str
-    tree: exp.Expression | None
+    tree: exp.Expr | None
     violations: tuple[Violation, ...] = field(default_factory=tuple)
 
     @property

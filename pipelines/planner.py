@@ -128,7 +128,7 @@ def plan_pipeline(pipeline: Pipeline, sources: set[str], guard: SqlGuard | None 
 
 
 def _references(
-    tree: exp.Expression, targets: dict[tuple[str, str], Model], sources: set[str]
+    tree: exp.Expr, targets: dict[tuple[str, str], Model], sources: set[str]
 ) -> tuple[tuple[str, ...], tuple[str, ...], list[tuple[str, tuple[int | None, int | None]]]]:
     reads: list[str] = []
     depends: list[str] = []

@@ -89,7 +89,7 @@ def execute_plan(storage: Storage, plan: Plan, context: RunContext) -> list[Step
 def _build(cursor: duckdb.DuckDBPyConnection, step: Step, context: RunContext) -> StepResult:
     started = time.perf_counter()
     target = exp.table_(step.model.name, db=step.model.layer, quoted=True)
-    query = exp.maybe_parse(step.sql, dialect="duckdb")
+    query: exp.Expr = exp.maybe_parse(step.sql, dialect="duckdb")
     create = exp.Create(this=target, kind="TABLE", replace=True, expression=query)
     try:
         cursor.execute(create.sql("duckdb"))

@@ -1,0 +1,1 @@
+"""The HTTP edge: the app factory, authentication, and one router per port."""

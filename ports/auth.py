@@ -1,0 +1,30 @@
+"""Who is calling: bearer tokens checked on every port but health and discovery."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import Request
+
+from dataproduct.security import Principal, bearer_token, verify_token
+from pipelines.runtime import ProductRuntime
+
+
+def runtime_of(request: Request) -> ProductRuntime:
+    """The product this app serves."""
+    runtime: ProductRuntime = request.app.state.runtime
+    return runtime
+
+
+def require_scope(scope: str) -> Callable[[Request], Coroutine[Any, Any, Principal]]:
+    """A dependency: a valid bearer token holding `scope`, as a principal."""
+
+    async def dependency(request: Request) -> Principal:
+        settings = runtime_of(request).settings
+        principal = verify_token(settings, bearer_token(request.headers.get("authorization")))
+        principal.require(scope)
+        request.state.principal = principal
+        return principal
+
+    return dependency

@@ -1,0 +1,143 @@
+"""The control port: ingestion, pipeline SQL, runs. Every call needs `control:admin`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from dataproduct.descriptor import ModelSpec
+from dataproduct.errors import NotFoundError
+from dataproduct.ingest import ingestion_history
+from dataproduct.security import Principal
+from pipelines.model import Pipeline
+from pipelines.planner import PipelineRejectedError
+from pipelines.store import list_versions
+from ports.auth import require_scope, runtime_of
+
+router = APIRouter(prefix="/control", tags=["control"])
+Admin = Annotated[Principal, Depends(require_scope("control:admin"))]
+
+
+class PipelineBody(BaseModel):
+    """A whole pipeline: the models replace the current ones."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    models: list[ModelSpec] = Field(min_length=1)
+
+
+class RunBody(BaseModel):
+    """Options of a run (all models of the current pipeline)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ingest: bool = False
+
+
+@router.post("/ingest")
+def ingest_all(request: Request, principal: Admin, run: bool = False) -> dict[str, Any]:
+    """Pull every pulling source; `run=true` starts a pipeline run afterwards."""
+    return _ingest(request, None, principal, run)
+
+
+@router.post("/ingest/{source}")
+def ingest_one(
+    source: str, request: Request, principal: Admin, run: bool = False
+) -> dict[str, Any]:
+    """Pull one source."""
+    return _ingest(request, source, principal, run)
+
+
+def _ingest(
+    request: Request, source: str | None, principal: Principal, run: bool
+) -> dict[str, Any]:
+    runtime = runtime_of(request)
+    results = runtime.ingest(source, principal.subject)
+    body: dict[str, Any] = {"ingestions": [r.to_dict() for r in results]}
+    if run:
+        body["run"] = runtime.start_run(principal.subject, trigger="ingest").to_dict()
+    return body
+
+
+@router.get("/ingestions")
+def ingestions(
+    request: Request,
+    principal: Admin,
+    source: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    """The latest loads into the input layer, newest first."""
+    return {"ingestions": ingestion_history(runtime_of(request).storage, source, limit)}
+
+
+@router.get("/pipeline")
+def get_pipeline(
+    request: Request, principal: Admin, version: Annotated[int | None, Query(ge=1)] = None
+) -> dict[str, Any]:
+    """The current pipeline (or `version=`), with who submitted it and when."""
+    found = runtime_of(request).pipeline(version)
+    if found is None:
+        raise NotFoundError("no pipeline was ever submitted", where="pipeline")
+    return found.to_dict()
+
+
+@router.get("/pipeline/versions")
+def pipeline_versions(request: Request, principal: Admin) -> dict[str, Any]:
+    """Every accepted pipeline version, newest first."""
+    return {"versions": list_versions(runtime_of(request).storage)}
+
+
+@router.put("/pipeline")
+def put_pipeline(body: PipelineBody, request: Request, principal: Admin) -> dict[str, Any]:
+    """Replace the pipeline; it is planned first and a rejected one changes nothing."""
+    pipeline = Pipeline.from_specs(body.models)
+    stored = runtime_of(request).replace_pipeline(pipeline, principal.subject)
+    return stored.to_dict()
+
+
+@router.post("/pipeline/plan")
+def plan_pipeline(
+    request: Request, principal: Admin, body: PipelineBody | None = None
+) -> dict[str, Any]:
+    """Dry run: the ordered steps and lineage, or every problem. Nothing is changed."""
+    runtime = runtime_of(request)
+    pipeline = Pipeline.from_specs(body.models) if body else None
+    try:
+        plan = runtime.plan(pipeline)
+    except PipelineRejectedError as error:
+        return {"valid": False, "problems": error.details["problems"]}
+    return {"valid": True, **plan.to_dict()}
+
+
+@router.post("/runs", status_code=202)
+def start_run(request: Request, principal: Admin, body: RunBody | None = None) -> JSONResponse:
+    """Start a run of the current pipeline: 202 with its id; 409 if one is going."""
+    runtime = runtime_of(request)
+    if body and body.ingest:
+        runtime.ingest(None, principal.subject)
+    run = runtime.start_run(principal.subject)
+    location = f"{runtime.settings.base_url()}/control/runs/{run.id}"
+    return JSONResponse(run.to_dict(), status_code=202, headers={"Location": location})
+
+
+@router.get("/runs")
+def runs(
+    request: Request, principal: Admin, limit: Annotated[int, Query(ge=1, le=1000)] = 50
+) -> dict[str, Any]:
+    """Run history, newest first."""
+    return {"runs": runtime_of(request).runs.history(limit)}
+
+
+@router.get("/runs/{run_id}")
+def run_status(run_id: str, request: Request, principal: Admin) -> dict[str, Any]:
+    """Status, progress, per-model timings and errors of one run."""
+    return runtime_of(request).runs.get(run_id)
+
+
+@router.delete("/runs/{run_id}")
+def cancel_run(run_id: str, request: Request, principal: Admin) -> dict[str, Any]:
+    """Cancel a running run; it publishes nothing."""
+    return runtime_of(request).runs.cancel(run_id)

@@ -1,0 +1,154 @@
+"""The output port: datasets as JSON pages or streamed NDJSON, CSV, Parquet or Arrow."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from dataproduct.discovery import dataset_documents
+from dataproduct.errors import BadRequestError, NotAcceptableError
+from dataproduct.reading import (
+    find_dataset,
+    guarded_query,
+    open_query_stream,
+    open_stream,
+    query_page,
+    read_page,
+    select_columns,
+)
+from dataproduct.security import Principal
+from ports.auth import require_scope, runtime_of
+from ports.streaming import MEDIA_TYPES, encode_batches
+
+router = APIRouter(prefix="/output", tags=["output"])
+Reader = Annotated[Principal, Depends(require_scope("output:read"))]
+
+_ACCEPT = {
+    "application/json": "json",
+    "application/x-ndjson": "ndjson",
+    "application/jsonl": "ndjson",
+    "text/csv": "csv",
+    "application/vnd.apache.parquet": "parquet",
+    "application/x-parquet": "parquet",
+    "application/vnd.apache.arrow.stream": "arrow",
+}
+
+
+def negotiate(format_param: str | None, accept: str | None) -> str:
+    """The response format: `format=` first, then the Accept header, else JSON."""
+    if format_param:
+        if format_param not in MEDIA_TYPES:
+            raise BadRequestError(
+                f"unknown format '{format_param}'; use one of {', '.join(MEDIA_TYPES)}",
+                where="format",
+            )
+        return format_param
+    if not accept:
+        return "json"
+    for part in accept.split(","):
+        media = part.split(";")[0].strip().lower()
+        if media in _ACCEPT:
+            return _ACCEPT[media]
+        if media in ("*/*", "application/*", "text/*", ""):
+            return "json"
+    raise NotAcceptableError(
+        f"cannot produce {accept}; use one of {', '.join(_ACCEPT)}", where="Accept"
+    )
+
+
+@router.get("/datasets")
+def list_datasets(request: Request, principal: Reader) -> dict[str, Any]:
+    """Datasets this principal may read, with schema and links."""
+    runtime = runtime_of(request)
+    documents = dataset_documents(runtime.descriptor, runtime.storage, runtime.settings.base_url())
+    return {"datasets": documents}
+
+
+@router.get("/datasets/{name}", response_model=None)
+def read_dataset(
+    name: str,
+    request: Request,
+    principal: Reader,
+    format: Annotated[str | None, Query(description="json, ndjson, csv, parquet, arrow")] = None,
+    columns: Annotated[str | None, Query(description="comma-separated projection")] = None,
+    limit: Annotated[int | None, Query(ge=1)] = None,
+    cursor: Annotated[str | None, Query(description="from next_cursor of a JSON page")] = None,
+) -> Response:
+    """Rows of a dataset: paged JSON, or the whole dataset streamed in another format."""
+    runtime = runtime_of(request)
+    settings = runtime.settings
+    chosen = negotiate(format, request.headers.get("accept"))
+    dataset = find_dataset(runtime.storage, name)
+    wanted = select_columns(dataset, _split(columns))
+    if chosen == "json":
+        page_size = min(limit or settings.default_page_rows, settings.max_page_rows)
+        page = read_page(runtime.storage, dataset, wanted, limit=page_size, cursor_token=cursor)
+        envelope = {"dataset": dataset.name, "limit": page_size, "next_cursor": page.next_cursor}
+        return _json_page(page.rows_json, envelope)
+    if cursor:
+        raise BadRequestError(
+            "cursor pages JSON only; other formats stream every row", where="cursor"
+        )
+    db_cursor, reader = open_stream(
+        runtime.storage,
+        dataset,
+        wanted,
+        limit=limit,
+        nested_as_text=chosen == "csv",
+        json_lines=chosen == "ndjson",
+    )
+    extension = "arrows" if chosen == "arrow" else chosen
+    return StreamingResponse(
+        encode_batches(reader, chosen, db_cursor),
+        media_type=MEDIA_TYPES[chosen],
+        headers={"Content-Disposition": f'inline; filename="{dataset.name}.{extension}"'},
+    )
+
+
+def _split(columns: str | None) -> list[str] | None:
+    if columns is None:
+        return None
+    names = [c.strip() for c in columns.split(",") if c.strip()]
+    if not names:
+        raise BadRequestError("columns is empty", where="columns")
+    return names
+
+
+def _json_page(rows: list[str], envelope: dict[str, Any]) -> Response:
+    """Rows are JSON text already (typed by DuckDB); the envelope is assembled around them."""
+    head = json.dumps({**envelope, "count": len(rows)})
+    body = head[:-1] + ', "data": [' + ",".join(rows) + "]}"
+    return Response(body, media_type=MEDIA_TYPES["json"])
+
+
+class QueryRequest(BaseModel):
+    """A read-only SQL query over the output datasets."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sql: str = Field(min_length=1, max_length=100_000)
+    format: str | None = None
+    limit: int | None = Field(default=None, ge=1)
+
+
+@router.post("/query", response_model=None)
+def query(body: QueryRequest, request: Request, principal: Reader) -> Response:
+    """Guarded read-only SQL over `output.*`: JSON (bounded) or streamed formats."""
+    runtime = runtime_of(request)
+    settings = runtime.settings
+    chosen = negotiate(body.format, request.headers.get("accept"))
+    statement = guarded_query(body.sql)
+    if chosen == "json":
+        limit = min(body.limit or settings.max_page_rows, settings.max_page_rows)
+        rows, truncated = query_page(runtime.storage, statement, limit)
+        return _json_page(rows, {"limit": limit, "truncated": truncated})
+    db_cursor, reader = open_query_stream(
+        runtime.storage, statement, limit=body.limit, json_lines=chosen == "ndjson"
+    )
+    return StreamingResponse(
+        encode_batches(reader, chosen, db_cursor), media_type=MEDIA_TYPES[chosen]
+    )
