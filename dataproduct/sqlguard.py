@@ -10,7 +10,7 @@ as an opaque command, is refused. Behind the guard, DuckDB itself is locked down
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import sqlglot
@@ -49,15 +49,21 @@ class Violation:
     message: str
     line: int | None = None
     column: int | None = None
+    model: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return {
+        body = {
             "rule": self.rule,
             "message": self.message,
             "line": self.line,
             "column": self.column,
         }
+        return {"model": self.model, **body} if self.model else body
+
+    def in_model(self, model: str) -> Violation:
+        """The same violation, attributed to a pipeline model."""
+        return replace(self, model=model)
 
     def __str__(self) -> str:
         where = f" at line {self.line}, column {self.column}" if self.line else ""

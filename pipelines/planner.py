@@ -14,7 +14,7 @@ from typing import Any
 from sqlglot import exp
 
 from dataproduct.errors import SqlRejectedError
-from dataproduct.sqlguard import GuardContext, SqlGuard, position
+from dataproduct.sqlguard import GuardContext, SqlGuard, Violation, position
 from pipelines.model import Model, Pipeline
 
 
@@ -60,33 +60,12 @@ class Plan:
         }
 
 
-@dataclass(frozen=True)
-class Problem:
-    """Why a pipeline cannot be planned."""
-
-    model: str
-    rule: str
-    message: str
-    line: int | None = None
-    column: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return {
-            "model": self.model,
-            "rule": self.rule,
-            "message": self.message,
-            "line": self.line,
-            "column": self.column,
-        }
-
-
 class PipelineRejectedError(SqlRejectedError):
     """The pipeline has problems; `details.problems` lists every one."""
 
     code = "pipeline_rejected"
 
-    def __init__(self, problems: list[Problem]) -> None:
+    def __init__(self, problems: list[Violation]) -> None:
         first = problems[0]
         where = f"model {first.model}"
         if first.line:
@@ -106,19 +85,19 @@ def plan_pipeline(pipeline: Pipeline, sources: set[str], guard: SqlGuard | None 
     guard = guard or SqlGuard()
     context = GuardContext()
     targets = {(m.layer, m.name): m for m in pipeline.models}
-    problems: list[Problem] = []
+    problems: list[Violation] = []
     parsed: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {}
     for model in pipeline.models:
         result = guard.check(model.sql, context)
-        problems += [
-            Problem(model.name, v.rule, v.message, v.line, v.column) for v in result.violations
-        ]
+        problems += [v.in_model(model.name) for v in result.violations]
         if result.tree is None or result.violations:
             continue
         reads, depends, unknown = _references(result.tree, targets, sources)
-        problems += [Problem(model.name, "unknown_table", msg, *pos) for msg, pos in unknown]
+        problems += [Violation("unknown_table", msg, *pos, model.name) for msg, pos in unknown]
         if model.name in depends:
-            problems.append(Problem(model.name, "cycle", "a model cannot read its own table"))
+            problems.append(
+                Violation("cycle", "a model cannot read its own table", model=model.name)
+            )
         parsed[model.name] = (result.tree.sql("duckdb", pretty=True), reads, depends)
     if problems:
         raise PipelineRejectedError(problems)
@@ -156,6 +135,5 @@ def _order(parsed: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]]) -> l
         return list(sorter.static_order())
     except CycleError as error:
         cycle = " -> ".join(error.args[1])
-        raise PipelineRejectedError(
-            [Problem(error.args[1][0], "cycle", f"models depend on each other: {cycle}")]
-        ) from None
+        message = f"models depend on each other: {cycle}"
+        raise PipelineRejectedError([Violation("cycle", message, model=error.args[1][0])]) from None
