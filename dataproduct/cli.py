@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
+import signal
 import sys
 from importlib import resources
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 from dataproduct.descriptor import load_descriptor
 from dataproduct.errors import DataproductError
 from dataproduct.security import SCOPES, issue_token
-from dataproduct.settings import DataproductSettings, get_settings
+from dataproduct.settings import MIN_SECRET_LENGTH, DataproductSettings, get_settings
 
 EXAMPLE = "sales_eu"
 
@@ -33,11 +34,18 @@ def main(argv: list[str] | None = None) -> int:
         where = f" ({error.where})" if error.where else ""
         print(f"error{where}: {error.message}", file=sys.stderr)
         for problem in error.details.get("problems", [])[1:]:
-            print(
-                f"  also: {problem.get('path') or problem}: {problem.get('message')}",
-                file=sys.stderr,
-            )
+            print(f"  also: {_describe_problem(problem)}", file=sys.stderr)
         return 2
+
+
+def _describe_problem(problem: dict[str, object]) -> str:
+    """One problem of a descriptor (path) or of a pipeline (model, position, rule) as text."""
+    if problem.get("path"):
+        return f"{problem['path']}: {problem.get('message')}"
+    where = f"model {problem.get('model')}"
+    if problem.get("line"):
+        where += f", line {problem['line']}, column {problem.get('column')}"
+    return f"{where}: {problem.get('rule')}: {problem.get('message')}"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -86,6 +94,9 @@ def _serve(args: argparse.Namespace) -> int:
     runtime = ProductRuntime.open(product_dir, settings)
     if generated:
         _print_session_tokens(settings, runtime.descriptor.name)
+    # uvicorn stops gracefully on SIGTERM, then raises the signal again under the handler
+    # that was there before it; this one makes that clean stop exit with code 0.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.run(
         create_app(runtime),
         host=settings.host,
@@ -95,6 +106,11 @@ def _serve(args: argparse.Namespace) -> int:
         proxy_headers=True,
     )
     return 0
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    """A requested stop (SIGTERM) is a clean exit."""
+    raise SystemExit(0)
 
 
 def _print_session_tokens(settings: DataproductSettings, name: str) -> None:
@@ -148,7 +164,10 @@ def _token(args: argparse.Namespace) -> int:
     settings = get_settings()
     secret = settings.require_secret()
     if not secret:
-        print("error: set DATAPRODUCT_JWT_SECRET (at least 16 characters) first", file=sys.stderr)
+        print(
+            f"error: set DATAPRODUCT_JWT_SECRET (at least {MIN_SECRET_LENGTH} characters) first",
+            file=sys.stderr,
+        )
         return 2
     scopes = args.scope or ["output:read"]
     print(

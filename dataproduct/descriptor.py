@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 from sqlglot import errors as sqlglot_errors
 from sqlglot import exp
 
@@ -154,16 +155,28 @@ class ProductDescriptor(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> ProductDescriptor:
+        """Cross-field checks, each reported at the exact path of the offending entry."""
+        problems: list[InitErrorDetails] = []
+
+        def problem(loc: tuple[str | int, ...], value: Any, message: str) -> None:
+            error = PydanticCustomError("value_error", "{reason}", {"reason": message})
+            problems.append(InitErrorDetails(type=error, loc=loc, input=value))
+
         names = [model.name for model in self.pipeline]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"pipeline models must have unique names; repeated: {duplicates}")
-        clashes = sorted(set(names) & set(self.sources))
-        if clashes:
-            raise ValueError(f"a model and a source share the name {clashes}")
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                problem(("pipeline", index, "name"), name, f"another model is named '{name}'")
+            elif name in self.sources:
+                problem(("pipeline", index, "name"), name, f"a source is named '{name}' too")
         for index, grant in enumerate(self.access):
             if grant.dataset not in self.datasets and grant.dataset not in names:
-                raise ValueError(f"access[{index}] names unknown dataset '{grant.dataset}'")
+                problem(
+                    ("access", index, "dataset"),
+                    grant.dataset,
+                    f"unknown dataset '{grant.dataset}'",
+                )
+        if problems:
+            raise PydanticValidationError.from_exception_data(type(self).__name__, problems)
         return self
 
     @property
@@ -198,11 +211,12 @@ def load_descriptor(product_dir: Path) -> ProductDescriptor:
     if not path.is_file():
         raise DescriptorError(f"no {DESCRIPTOR_FILE} in {product_dir}", where=str(path))
     raw = _read_yaml(path)
-    raw["pipeline"] = _merge_sql_files(product_dir, raw.get("pipeline"))
+    sql_files: dict[int, Path] = {}
+    raw["pipeline"] = _merge_sql_files(product_dir, raw.get("pipeline"), sql_files)
     try:
         return ProductDescriptor.model_validate(raw)
     except PydanticValidationError as error:
-        raise _descriptor_error(path, error) from None
+        raise _descriptor_error(path, error, sql_files) from None
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -219,8 +233,11 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _merge_sql_files(product_dir: Path, declared: Any) -> Any:
-    """Models from `pipeline/*.sql`: the file stem is the name; `-- layer: staging` sets it."""
+def _merge_sql_files(product_dir: Path, declared: Any, sql_files: dict[int, Path]) -> Any:
+    """Models from `pipeline/*.sql`: the file stem is the name; `-- layer: staging` sets it.
+
+    `sql_files` is filled with the index in the pipeline of each model read from a file.
+    """
     sql_dir = product_dir / PIPELINE_DIR
     if not sql_dir.is_dir():
         return declared if declared is not None else []
@@ -233,6 +250,7 @@ def _merge_sql_files(product_dir: Path, declared: Any) -> Any:
             continue
         sql = sql_file.read_text(encoding="utf-8")
         layer_match = re.search(r"^\s*--\s*layer:\s*(\w+)", sql, re.MULTILINE)
+        sql_files[len(models)] = sql_file
         models.append(
             {
                 "name": sql_file.stem,
@@ -243,18 +261,26 @@ def _merge_sql_files(product_dir: Path, declared: Any) -> Any:
     return models
 
 
-def _descriptor_error(path: Path, error: PydanticValidationError) -> DescriptorError:
-    problems = []
+def _descriptor_error(
+    path: Path, error: PydanticValidationError, sql_files: dict[int, Path]
+) -> DescriptorError:
+    problems: list[dict[str, str]] = []
     for item in error.errors():
-        location = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        loc = item["loc"]
+        file = path
+        if len(loc) > 1 and loc[0] == "pipeline" and loc[1] in sql_files:
+            file, loc = sql_files[int(loc[1])], loc[2:]  # a model of pipeline/*.sql
+        location = ".".join(str(part) for part in loc) or "(top level)"
         reason = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             reason = "unknown field"
-        problems.append({"path": location, "message": reason})
+        problem = {"path": location, "message": reason}
+        if file != path:
+            problem["file"] = str(file)
+        problems.append(problem)
     first = problems[0]
     summary = f"{first['path']}: {first['message']}"
     if len(problems) > 1:
         summary += f" (and {len(problems) - 1} more)"
-    return DescriptorError(
-        f"invalid descriptor: {summary}", where=f"{path}: {first['path']}", problems=problems
-    )
+    where = f"{first.get('file', path)}: {first['path']}"
+    return DescriptorError(f"invalid descriptor: {summary}", where=where, problems=problems)

@@ -25,6 +25,7 @@ from dataproduct.storage import Storage, translate
 
 BATCH_ROWS = 1 << 17
 _NESTED = ("[]", "STRUCT", "MAP", "UNION")
+_FLOATS = frozenset({"FLOAT", "DOUBLE", "REAL", "FLOAT4", "FLOAT8"})
 
 
 @dataclass(frozen=True)
@@ -109,12 +110,21 @@ def _json_text(columns: list[dict[str, Any]]) -> exp.Expr:
         expressions=[
             exp.PropertyEQ(
                 this=exp.to_identifier(c["name"], quoted=True),
-                expression=exp.column(c["name"], quoted=True),
+                expression=_json_value(c),
             )
             for c in columns
         ]
     )
     return exp.cast(exp.Anonymous(this="to_json", expressions=[struct]), "VARCHAR")
+
+
+def _json_value(column: dict[str, Any]) -> exp.Expr:
+    """A column as JSON may carry it: NaN and infinities (not JSON) become null."""
+    ref = exp.column(column["name"], quoted=True)
+    if column["type"].upper() not in _FLOATS:
+        return ref
+    finite = exp.Anonymous(this="isfinite", expressions=[ref.copy()])
+    return exp.Case(ifs=[exp.If(this=finite, true=ref)])
 
 
 def read_page(
@@ -155,7 +165,7 @@ def decode_cursor(token: str, dataset: PublishedDataset) -> int:
         padded = token + "=" * (-len(token) % 4)
         data = json.loads(base64.urlsafe_b64decode(padded.encode()))
         after, run = int(data["after"]), str(data["run"])
-    except (binascii.Error, ValueError, KeyError, TypeError):
+    except (binascii.Error, ValueError, KeyError, TypeError, OverflowError):
         raise BadRequestError("malformed cursor", where="cursor") from None
     if run != dataset.run_id:
         raise ConflictError(
@@ -183,8 +193,9 @@ def guarded_query(sql: str) -> exp.Query:
 
 def query_page(storage: Storage, query: exp.Query, limit: int) -> tuple[list[str], bool]:
     """Up to `limit` rows of a guarded query as JSON text, and whether more were left."""
-    wrapped = exp.select(_row_json()).from_(query.subquery("q")).limit(limit + 1)
     with storage.reader() as cursor:
+        row_json = _json_text(_query_columns(cursor, query))
+        wrapped = exp.select(row_json).from_(query.subquery("q")).limit(limit + 1)
         rows = cursor.execute(wrapped.sql("duckdb")).fetchall()
     return [row[0] for row in rows[:limit]], len(rows) > limit
 
@@ -193,16 +204,15 @@ def open_query_stream(
     storage: Storage, query: exp.Query, *, limit: int | None, json_lines: bool
 ) -> tuple[duckdb.DuckDBPyConnection, pa.RecordBatchReader]:
     """A cursor and a reader over a guarded query's rows."""
-    if json_lines:
-        newline = exp.Anonymous(this="chr", expressions=[exp.Literal.number(10)])
-        outer = exp.select(exp.DPipe(this=_row_json(), expression=newline))
-    else:
-        outer = exp.select("*")
-    statement = outer.from_(query.subquery("q"))
-    if limit is not None:
-        statement = statement.limit(limit)
     cursor = storage.cursor()
     try:
+        if json_lines:
+            outer = exp.select(_json_object(_query_columns(cursor, query)))
+        else:
+            outer = exp.select("*")
+        statement = outer.from_(query.subquery("q"))
+        if limit is not None:
+            statement = statement.limit(limit)
         reader = cursor.sql(statement.sql("duckdb")).to_arrow_reader(batch_size=BATCH_ROWS)
     except duckdb.Error as error:
         cursor.close()
@@ -210,6 +220,8 @@ def open_query_stream(
     return cursor, reader
 
 
-def _row_json() -> exp.Expr:
-    """`to_json(q)::VARCHAR`: the whole row of subquery `q` as a JSON object."""
-    return exp.cast(exp.Anonymous(this="to_json", expressions=[exp.column("q")]), "VARCHAR")
+def _query_columns(cursor: duckdb.DuckDBPyConnection, query: exp.Query) -> list[dict[str, Any]]:
+    """Names and types of a query's columns, as subquery `q` exposes them."""
+    described = exp.select("*").from_(query.subquery("q")).sql("duckdb")
+    rows = cursor.execute(f"DESCRIBE {described}").fetchall()
+    return [{"name": row[0], "type": row[1]} for row in rows]

@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from dataproduct.errors import ConfigurationError
 
 SECRETS_DIR = Path("/run/secrets")
+MIN_SECRET_LENGTH = 32  # HS256 keys shorter than the hash are weak (RFC 7518 3.2)
 
 
 class DataproductSettings(BaseSettings):
@@ -55,17 +56,18 @@ class DataproductSettings(BaseSettings):
         return f"http://{host}:{self.port}"
 
     def require_secret(self) -> str:
-        """The HS256 secret; outside local mode an empty or short one is refused."""
-        if len(self.jwt_secret) >= 16:
+        """The HS256 secret; a short one is refused, and an empty one outside local mode."""
+        if len(self.jwt_secret) >= MIN_SECRET_LENGTH:
             return self.jwt_secret
         if self.env == "production":
             raise ConfigurationError(
-                "DATAPRODUCT_JWT_SECRET must be set to at least 16 characters in production",
+                f"DATAPRODUCT_JWT_SECRET must be set to at least {MIN_SECRET_LENGTH} characters "
+                "in production",
                 where="DATAPRODUCT_JWT_SECRET",
             )
         if self.jwt_secret:
             raise ConfigurationError(
-                "DATAPRODUCT_JWT_SECRET is too short: use at least 16 characters",
+                f"DATAPRODUCT_JWT_SECRET is too short: use at least {MIN_SECRET_LENGTH} characters",
                 where="DATAPRODUCT_JWT_SECRET",
             )
         return ""

@@ -89,15 +89,18 @@ class Rule(Protocol):
 
 
 def position(node: exp.Expr) -> tuple[int | None, int | None]:
-    """Line and column of a node, from its own tokens or its first child that has them."""
+    """Line and column where a node starts: the earliest token of the node or its children."""
+    found: list[tuple[int, int]] = []
     for candidate in node.walk():
         meta = candidate.meta if isinstance(candidate, exp.Expr) else {}
-        if "line" in meta:
-            col = meta.get("col")
+        line, col = meta.get("line"), meta.get("col")
+        if isinstance(line, int) and isinstance(col, int):
             end, start = meta.get("end"), meta.get("start")
-            if isinstance(col, int) and isinstance(end, int) and isinstance(start, int):
+            if isinstance(end, int) and isinstance(start, int):
                 col = col - (end - start)  # sqlglot marks the token's last column
-            return meta["line"], col
+            found.append((line, col))
+    if found:
+        return min(found)
     return None, None
 
 
@@ -139,9 +142,8 @@ class OnlyLayerTables:
     name = "only_layer_tables"
 
     def check(self, tree: exp.Expr, context: GuardContext) -> Iterator[Violation]:
-        cte_names = {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
         for table in tree.find_all(exp.Table):
-            yield from self._check_table(table, cte_names, context)
+            yield from self._check_table(table, ctes_in_scope(table), context)
 
     def _check_table(
         self, table: exp.Table, cte_names: set[str], context: GuardContext
@@ -170,6 +172,34 @@ class OnlyLayerTables:
             yield _violation(
                 self.name, f"layer '{layer}' is not readable here (allowed: {allowed})", table
             )
+
+
+def ctes_in_scope(table: exp.Table) -> set[str]:
+    """Names of the CTEs a table reference can mean where it stands, as the engine scopes them.
+
+    A CTE is visible in the body of its query and in the CTEs defined after it; in its own
+    body only in the recursive term (right of UNION) of a WITH RECURSIVE. Anywhere else the
+    name means a real table: `WITH duckdb_tables AS (SELECT * FROM duckdb_tables)` reads
+    the system view.
+    """
+    names: set[str] = set()
+    below: exp.Expr | None = None
+    child: exp.Expr = table
+    parent = table.parent
+    in_recursive_term = False
+    while parent is not None:
+        if isinstance(parent, exp.CTE):
+            in_recursive_term = isinstance(child, exp.Union) and below is child.expression
+        elif isinstance(parent, exp.With) and isinstance(child, exp.CTE):
+            siblings = parent.expressions
+            index = next(i for i, cte in enumerate(siblings) if cte is child)
+            names.update(cte.alias_or_name.lower() for cte in siblings[:index])
+            if parent.args.get("recursive") and in_recursive_term:
+                names.add(child.alias_or_name.lower())
+        elif isinstance(parent, exp.Query) and not isinstance(child, exp.With):
+            names.update(cte.alias_or_name.lower() for cte in parent.ctes)
+        below, child, parent = child, parent, parent.parent
+    return names
 
 
 def function_name(node: exp.Expr) -> str:
@@ -208,11 +238,16 @@ class SqlGuard:
         """Parse `sql` and report every violation; never raises for bad SQL."""
         context = context or GuardContext()
         try:
-            statements = [s for s in sqlglot.parse(sql, read=context.dialect) if s is not None]
+            parsed = sqlglot.parse(sql, read=context.dialect)
+            # a comment after the last `;` parses as a bare Semicolon: not a statement
+            statements = [s for s in parsed if s is not None and not isinstance(s, exp.Semicolon)]
         except ParseError as error:
             first = error.errors[0] if error.errors else {}
             message = str(first.get("description") or error).splitlines()[0]
-            violation = Violation("parse", message, first.get("line"), first.get("col"))
+            line, col, token = first.get("line"), first.get("col"), first.get("highlight")
+            if isinstance(col, int) and token and "\n" not in token:
+                col = col - len(token) + 1  # sqlglot marks the token's last column
+            violation = Violation("parse", message, line, col)
             return GuardResult(sql, None, (violation,))
         except TokenError as error:
             return GuardResult(sql, None, (Violation("parse", str(error)),))

@@ -87,6 +87,10 @@ def plan_pipeline(pipeline: Pipeline, sources: set[str], guard: SqlGuard | None 
     targets = {(m.layer, m.name): m for m in pipeline.models}
     problems: list[Violation] = []
     parsed: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {}
+    names = [m.name for m in pipeline.models]
+    for repeated in sorted({n for n in names if names.count(n) > 1}):
+        message = f"{names.count(repeated)} models are named '{repeated}'; names must be unique"
+        problems.append(Violation("duplicate_model", message, model=repeated))
     for model in pipeline.models:
         result = guard.check(model.sql, context)
         problems += [v.in_model(model.name) for v in result.violations]
@@ -99,9 +103,11 @@ def plan_pipeline(pipeline: Pipeline, sources: set[str], guard: SqlGuard | None 
                 Violation("cycle", "a model cannot read its own table", model=model.name)
             )
         parsed[model.name] = (result.tree.sql("duckdb", pretty=True), reads, depends)
+    order, cycle = _order(parsed)
+    if cycle is not None:
+        problems.append(cycle)
     if problems:
         raise PipelineRejectedError(problems)
-    order = _order(parsed)
     by_name = {m.name: m for m in pipeline.models}
     return Plan(tuple(Step(by_name[n], parsed[n][0], parsed[n][1], parsed[n][2]) for n in order))
 
@@ -129,11 +135,14 @@ def _references(
     return tuple(reads), tuple(dict.fromkeys(depends)), unknown
 
 
-def _order(parsed: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]]) -> list[str]:
-    sorter = TopologicalSorter({name: set(info[2]) for name, info in parsed.items()})
+def _order(
+    parsed: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]],
+) -> tuple[list[str], Violation | None]:
+    """The build order, or the cycle that prevents one (self-reads are reported apart)."""
+    graph = {name: set(info[2]) - {name} for name, info in parsed.items()}
     try:
-        return list(sorter.static_order())
+        return list(TopologicalSorter(graph).static_order()), None
     except CycleError as error:
         cycle = " -> ".join(error.args[1])
         message = f"models depend on each other: {cycle}"
-        raise PipelineRejectedError([Violation("cycle", message, model=error.args[1][0])]) from None
+        return [], Violation("cycle", message, model=error.args[1][0])

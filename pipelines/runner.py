@@ -82,8 +82,37 @@ def execute_plan(storage: Storage, plan: Plan, context: RunContext) -> list[Step
             results.append(result)
             context.on_step(index, result)
         _drop_orphans(cursor, plan)
+        if context.cancelled.is_set():  # a cancel no statement saw still publishes nothing
+            raise RunCancelledError("the run was cancelled")
         context.on_commit(cursor, results)
     return results
+
+
+def _execute_cancellable(
+    cursor: duckdb.DuckDBPyConnection, sql: str, cancelled: threading.Event
+) -> None:
+    """Run one statement; a cancel interrupts it whenever it comes while the statement runs.
+
+    DuckDB drops an interrupt that arrives between statements, so a single interrupt sent
+    by the canceller can be lost; this watcher keeps interrupting until the statement ends.
+    """
+    finished = threading.Event()
+
+    def watch() -> None:
+        while not finished.is_set():
+            if cancelled.is_set():
+                cursor.interrupt()
+                finished.wait(0.05)
+            else:
+                cancelled.wait(0.05)
+
+    watcher = threading.Thread(target=watch, name="run-cancel-watcher", daemon=True)
+    watcher.start()
+    try:
+        cursor.execute(sql)
+    finally:
+        finished.set()
+        watcher.join()
 
 
 def _build(cursor: duckdb.DuckDBPyConnection, step: Step, context: RunContext) -> StepResult:
@@ -92,7 +121,9 @@ def _build(cursor: duckdb.DuckDBPyConnection, step: Step, context: RunContext) -
     query: exp.Expr = exp.maybe_parse(step.sql, dialect="duckdb")
     create = exp.Create(this=target, kind="TABLE", replace=True, expression=query)
     try:
-        cursor.execute(create.sql("duckdb"))
+        _execute_cancellable(cursor, create.sql("duckdb"), context.cancelled)
+    except duckdb.InterruptException:
+        raise RunCancelledError(f"the run was cancelled while building {step.target}") from None
     except duckdb.Error as error:
         message = str(error).strip().splitlines()[0]
         raise ValidationError(

@@ -8,7 +8,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from contextlib import suppress
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -116,11 +117,13 @@ class RunManager:
             contracts=contracts,
             cancelled=run.cancelled,
             on_step=lambda index, result: run.steps.append(result),
-            on_commit=lambda cursor, results: self._finish(run, "succeeded", None, cursor),
+            on_commit=lambda cursor, results: self._write(cursor, _succeeded(run)),
         )
         started = time.perf_counter()
         try:
             execute_plan(self.storage, plan, context)
+            # only now, after COMMIT, may a reader of this run see it succeeded
+            self._finish(run, "succeeded", None, persist=False)
         except DataproductError as error:
             status = "cancelled" if run.cancelled.is_set() else "failed"
             self._finish(run, status, error.to_dict()["error"])
@@ -136,22 +139,19 @@ class RunManager:
                 after(run)
 
     def _time_out(self, run: Run) -> None:
+        if run.done.is_set():
+            return
         run.error = {"code": "run_timeout", "message": f"the run took over {self.timeout_s}s"}
-        self.cancel(run.id)
+        with suppress(ConflictError):  # it ended meanwhile
+            self.cancel(run.id)
 
     def _finish(
-        self,
-        run: Run,
-        status: str,
-        error: dict[str, Any] | None,
-        cursor: duckdb.DuckDBPyConnection | None = None,
+        self, run: Run, status: str, error: dict[str, Any] | None, *, persist: bool = True
     ) -> None:
-        run.status = status
         run.error = run.error or error
-        run.finished_at = datetime.now(UTC)
-        if cursor is not None:
-            self._write(cursor, run)
-        else:
+        run.finished_at = run.finished_at or datetime.now(UTC)
+        run.status = status
+        if persist:
             self._persist(run)
 
     def _persist(self, run: Run) -> None:
@@ -185,12 +185,12 @@ class RunManager:
     def cancel(self, run_id: str) -> dict[str, Any]:
         """Ask a running run to stop; it ends as cancelled and publishes nothing."""
         run = self._active
-        if run is None or run.id != run_id:
-            self.get(run_id)  # 404 when unknown
-            raise ConflictError(f"run {run_id} is not running", where=f"runs/{run_id}")
-        if not run.done.is_set():
-            run.cancelled.set()
-            self.storage.interrupt()
+        if run is None or run.id != run_id or run.done.is_set():
+            state = self.get(run_id)  # 404 when unknown
+            raise ConflictError(
+                f"run {run_id} is not running: it {state['status']}", where=f"runs/{run_id}"
+            )
+        run.cancelled.set()  # the runner interrupts the statement it is running
         return run.to_dict()
 
     def wait(self, run_id: str, timeout_s: float = 60.0) -> dict[str, Any]:
@@ -232,6 +232,12 @@ class RunManager:
                 "WHERE status IN ('queued', 'running')",
                 [json.dumps({"code": "interrupted", "message": "the process stopped mid-run"})],
             )
+
+
+def _succeeded(run: Run) -> Run:
+    """The run's final record, written inside its publishing transaction."""
+    run.finished_at = datetime.now(UTC)
+    return replace(run, status="succeeded")
 
 
 def _run_from_row(row: tuple[Any, ...]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,7 +88,8 @@ class ProductRuntime:
         """Stop a running run and close the database."""
         active = self.runs.active()
         if active is not None:
-            self.runs.cancel(active.id)
+            with suppress(ConflictError):  # it ended meanwhile
+                self.runs.cancel(active.id)
             active.done.wait(10)
         self.storage.close()
 

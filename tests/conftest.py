@@ -75,6 +75,8 @@ def token() -> TokenFactory:
     """`token("output:read", ...)` gives an Authorization header with those scopes."""
 
     def make(*scopes: str, subject: str = "tester", ttl_s: int = 600) -> dict[str, str]:
-        return {"Authorization": f"Bearer {issue_token(SECRET, subject, list(scopes), ttl_s=ttl_s)}"}
+        return {
+            "Authorization": f"Bearer {issue_token(SECRET, subject, list(scopes), ttl_s=ttl_s)}"
+        }
 
     return make

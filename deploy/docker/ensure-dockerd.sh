@@ -63,7 +63,7 @@ if dockerd_alive; then
 else
     log "starting dockerd --bridge=none --iptables=false (log: $DOCKERD_LOG)"
     setsid nohup dockerd --bridge=none --iptables=false --ip6tables=false \
-        >>"$DOCKERD_LOG" 2>&1 </dev/null &
+        >>"$DOCKERD_LOG" 2>&1 </dev/null 9>&- &
     started_pid=$!
 fi
 

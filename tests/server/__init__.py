@@ -1,0 +1,1 @@
+"""Tests against a real `dataproduct serve` process over loopback HTTP."""
