@@ -17,6 +17,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from sqlglot import errors as sqlglot_errors
 from sqlglot import exp
 
+from dataproduct.cron import Cron, CronError
 from dataproduct.errors import DescriptorError
 
 DESCRIPTOR_FILE = "dataproduct.yaml"
@@ -25,7 +26,6 @@ PIPELINE_DIR = "pipeline"
 SLUG = r"^[a-z][a-z0-9-]{0,62}$"
 IDENTIFIER = r"^[a-z_][a-z0-9_]{0,62}$"
 SEMVER = r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$"
-CRON_FIELD = r"^[\d*/,\-A-Za-z?LW#]+$"
 
 Layer = Literal["staging", "output"]
 
@@ -148,9 +148,10 @@ class ProductDescriptor(_Strict):
     def _cron(cls, value: str | None) -> str | None:
         if value is None:
             return value
-        fields = value.split()
-        if len(fields) != 5 or not all(re.match(CRON_FIELD, f) for f in fields):
-            raise ValueError("must be a cron expression of five fields, like '0 * * * *'")
+        try:
+            Cron.parse(value)
+        except CronError as error:
+            raise ValueError(f"{error} (a cron expression, like '0 * * * *')") from None
         return value
 
     @model_validator(mode="after")

@@ -15,6 +15,7 @@ from typing import Any
 
 from dataproduct.catalog import create_meta_tables
 from dataproduct.connector import Connector, SourceContext, build_connectors
+from dataproduct.cron import Cron
 from dataproduct.descriptor import ProductDescriptor, load_descriptor
 from dataproduct.errors import (
     ConflictError,
@@ -29,6 +30,7 @@ from dataproduct.storage import Storage, file_connection
 from pipelines.model import Pipeline
 from pipelines.planner import Plan, plan_pipeline
 from pipelines.runs import Run, RunManager
+from pipelines.schedule import Scheduler
 from pipelines.store import PipelineVersion, get_version, save_version, sync_descriptor_pipeline
 
 log = logging.getLogger("dataproduct")
@@ -66,6 +68,11 @@ class ProductRuntime:
             create_meta_tables(cursor)
         self.runs = RunManager(storage)
         self.readiness = Readiness()
+        self.scheduler = (
+            Scheduler(Cron.parse(descriptor.schedule), self.refresh)
+            if descriptor.schedule
+            else None
+        )
         self._pipeline_lock = threading.Lock()
         sync_descriptor_pipeline(storage, Pipeline.from_specs(descriptor.pipeline))
 
@@ -85,7 +92,9 @@ class ProductRuntime:
             raise
 
     def close(self) -> None:
-        """Stop a running run and close the database."""
+        """Stop the schedule and a running run, then close the database."""
+        if self.scheduler is not None:
+            self.scheduler.stop()
         active = self.runs.active()
         if active is not None:
             with suppress(ConflictError):  # it ended meanwhile
@@ -210,6 +219,13 @@ class ProductRuntime:
             self.readiness.problems.append(error.to_dict()["error"])
         finally:
             self.readiness.ready.set()
+            if self.scheduler is not None:
+                self.scheduler.start()
+
+    def refresh(self, principal: str = "scheduler") -> Run:
+        """Pull every pulling source, then run the pipeline (what a schedule does)."""
+        self.ingest(None, principal)
+        return self.start_run(principal, trigger="schedule")
 
     def require_ready(self) -> None:
         """NotReadyError while the product is still starting."""
