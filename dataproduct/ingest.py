@@ -145,12 +145,13 @@ def load_stream(
     mode: str,
     principal: str,
     size_bytes: int = 0,
+    redact: dict[str, str] | None = None,
 ) -> Ingestion:
     """Load a stream of batches into `input.<source>` in one transaction and record it.
 
     `open_stream` is a context manager factory yielding a RecordBatchReader. On any error
     the input table is left exactly as it was, the failure is recorded, and the error is
-    raised again.
+    raised again, with each key of `redact` in its text replaced by its value.
     """
     started = datetime.now(UTC)
     ingestion_id = uuid.uuid4().hex[:12]
@@ -159,6 +160,7 @@ def load_stream(
         with open_stream() as reader, storage.transaction() as cursor:
             rows = _write_input(cursor, source, reader, mode)
     except DataproductError as error:
+        _redact(error, redact or {})
         record = Ingestion(
             ingestion_id, source, mode, "failed", principal, 0, size_bytes,
             started, _after(started, clock), error.to_dict()["error"],
@@ -171,6 +173,15 @@ def load_stream(
     )  # fmt: skip
     _record(storage, record)
     return record
+
+
+def _redact(error: DataproductError, replacements: dict[str, str]) -> None:
+    """Hide private details (a server-side upload path) from an error before it is shown."""
+    for secret, shown in replacements.items():
+        error.message = error.message.replace(secret, shown)
+        if error.where:
+            error.where = error.where.replace(secret, shown)
+        error.args = (error.message,)
 
 
 def _after(started: datetime, clock: float) -> datetime:

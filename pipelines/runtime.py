@@ -158,6 +158,7 @@ class ProductRuntime:
             mode=mode or connector.spec.mode,
             principal=principal,
             size_bytes=path.stat().st_size,
+            redact={str(path): f"the body pushed to {name}"},
         )
 
     def upload_dir(self) -> Path:

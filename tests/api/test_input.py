@@ -255,6 +255,9 @@ def test_malformed_file_is_422_and_keeps_earlier_rows(
     history = ingestion_history(runtime.storage, "returns")
     assert [h["status"] for h in history] == ["failed", "succeeded"]
     assert history[0]["error"]["code"] == response.json()["error"]["code"]
+    server_path = str(runtime.upload_dir())
+    assert server_path not in response.text, "the error shows where the server spools uploads"
+    assert server_path not in str(history[0]["error"])
 
 
 def test_failure_at_the_end_of_a_file_loads_nothing(
