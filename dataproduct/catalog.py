@@ -1,7 +1,8 @@
 """The meta layer: what the product holds and what happened to it.
 
 Tables in the `meta` schema: published datasets (schema, row count, freshness, the SQL
-that made them), pipeline versions, runs and ingestions. Injected SQL never reads `meta`.
+that made them), pipeline versions, runs, ingestions, quality rules and results. Injected
+SQL never reads `meta`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,12 @@ from dataproduct.storage import fetch_one
 META_DDL = (
     """CREATE TABLE IF NOT EXISTS meta.datasets (
         name VARCHAR, layer VARCHAR, sql VARCHAR, row_count BIGINT, columns JSON,
-        updated_at TIMESTAMPTZ, run_id VARCHAR, pipeline_version INTEGER)""",
+        updated_at TIMESTAMPTZ, run_id VARCHAR, pipeline_version INTEGER,
+        version INTEGER DEFAULT 1)""",
+    """CREATE TABLE IF NOT EXISTS meta.dataset_versions (
+        name VARCHAR, version INTEGER, table_name VARCHAR, sql VARCHAR, row_count BIGINT,
+        columns JSON, updated_at TIMESTAMPTZ, run_id VARCHAR, pipeline_version INTEGER,
+        retired_at TIMESTAMPTZ)""",
     """CREATE TABLE IF NOT EXISTS meta.pipeline_versions (
         version INTEGER, origin VARCHAR, submitted_by VARCHAR, submitted_at TIMESTAMPTZ,
         digest VARCHAR, models JSON)""",
@@ -30,13 +36,20 @@ META_DDL = (
         id VARCHAR, source VARCHAR, mode VARCHAR, status VARCHAR, principal VARCHAR,
         rows BIGINT, bytes BIGINT, started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ,
         error JSON)""",
+    """CREATE TABLE IF NOT EXISTS meta.quality_results (
+        run_id VARCHAR, dataset VARCHAR, rule VARCHAR, kind VARCHAR, severity VARCHAR,
+        status VARCHAR, failing_rows BIGINT, samples JSON, sql VARCHAR, message VARCHAR,
+        seconds DOUBLE, checked_at TIMESTAMPTZ)""",
+    """CREATE TABLE IF NOT EXISTS meta.quality_rules (
+        dataset VARCHAR, rules JSON, submitted_by VARCHAR, submitted_at TIMESTAMPTZ)""",
 )
 
 
 def create_meta_tables(cursor: duckdb.DuckDBPyConnection) -> None:
-    """Create the meta tables if they are missing."""
+    """Create the meta tables if they are missing (and add columns newer releases use)."""
     for ddl in META_DDL:
         cursor.execute(ddl)
+    cursor.execute("ALTER TABLE meta.datasets ADD COLUMN IF NOT EXISTS version INTEGER DEFAULT 1")
 
 
 @dataclass(frozen=True)
@@ -51,6 +64,14 @@ class PublishedDataset:
     updated_at: datetime
     run_id: str
     pipeline_version: int
+    version: int = 1
+    table: str = ""
+    current: bool = True
+
+    @property
+    def table_name(self) -> str:
+        """The table holding this version's rows (the name itself for the current one)."""
+        return self.table or self.name
 
 
 def table_columns(cursor: duckdb.DuckDBPyConnection, layer: str, name: str) -> list[dict[str, Any]]:
@@ -77,7 +98,7 @@ def record_dataset(cursor: duckdb.DuckDBPyConnection, dataset: PublishedDataset)
     """Replace the catalog entry of one dataset (inside the run's transaction)."""
     cursor.execute("DELETE FROM meta.datasets WHERE name = ?", [dataset.name])
     cursor.execute(
-        "INSERT INTO meta.datasets VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO meta.datasets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
             dataset.name,
             dataset.layer,
@@ -87,8 +108,52 @@ def record_dataset(cursor: duckdb.DuckDBPyConnection, dataset: PublishedDataset)
             dataset.updated_at,
             dataset.run_id,
             dataset.pipeline_version,
+            dataset.version,
         ],
     )
+
+
+def retire_version(
+    cursor: duckdb.DuckDBPyConnection, dataset: PublishedDataset, table_name: str, keep: int
+) -> list[str]:
+    """Keep the current version of a dataset readable as `table_name`; return the tables of
+    versions beyond the `keep` most recent (the caller drops them)."""
+    cursor.execute(
+        "INSERT INTO meta.dataset_versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, now())",
+        [
+            dataset.name, dataset.version, table_name, dataset.sql, dataset.row_count,
+            json.dumps(dataset.columns), dataset.updated_at, dataset.run_id,
+            dataset.pipeline_version,
+        ],
+    )  # fmt: skip
+    expired = cursor.execute(
+        "SELECT version, table_name FROM meta.dataset_versions WHERE name = ? "
+        "ORDER BY version DESC OFFSET ?",
+        [dataset.name, max(keep - 1, 0)],
+    ).fetchall()
+    for version, _ in expired:
+        cursor.execute(
+            "DELETE FROM meta.dataset_versions WHERE name = ? AND version = ?",
+            [dataset.name, version],
+        )
+    return [table for _, table in expired]
+
+
+def older_versions(cursor: duckdb.DuckDBPyConnection, name: str) -> list[PublishedDataset]:
+    """The retired versions of a dataset still readable, newest first."""
+    rows = cursor.execute(
+        "SELECT name, 'output', sql, row_count, columns, updated_at, run_id, pipeline_version, "
+        "version, table_name FROM meta.dataset_versions WHERE name = ? ORDER BY version DESC",
+        [name],
+    ).fetchall()
+    return [
+        PublishedDataset(
+            name=r[0], layer=r[1], sql=r[2], row_count=r[3], columns=json.loads(r[4]),
+            updated_at=r[5], run_id=r[6], pipeline_version=r[7], version=r[8], table=r[9],
+            current=False,
+        )
+        for r in rows
+    ]  # fmt: skip
 
 
 def forget_dataset(cursor: duckdb.DuckDBPyConnection, name: str) -> None:
@@ -129,6 +194,7 @@ def _dataset_from_row(row: tuple[Any, ...]) -> PublishedDataset:
         updated_at=row[5],
         run_id=row[6],
         pipeline_version=row[7],
+        version=row[8],
     )
 
 

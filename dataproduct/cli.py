@@ -151,7 +151,8 @@ def _validate(args: argparse.Namespace) -> int:
     from pipelines.model import Pipeline
     from pipelines.planner import plan_pipeline
 
-    plan = plan_pipeline(Pipeline.from_specs(descriptor.pipeline), set(descriptor.sources))
+    pipeline = Pipeline.from_specs(descriptor.pipeline, descriptor.dialect)
+    plan = plan_pipeline(pipeline, set(descriptor.sources))
     print(
         f"{descriptor.name} {descriptor.version}: valid "
         f"({len(descriptor.sources)} sources, {len(plan.steps)} models, "

@@ -19,6 +19,7 @@ from sqlglot import exp
 
 from dataproduct.cron import Cron, CronError
 from dataproduct.errors import DescriptorError
+from dataproduct.quality_rules import QualityRule, RuleField, duplicate_name
 
 DESCRIPTOR_FILE = "dataproduct.yaml"
 PIPELINE_DIR = "pipeline"
@@ -61,7 +62,7 @@ class DatasetSpec(_Strict):
     description: str = ""
     tags: list[str] = []
     columns: dict[str, ColumnSpec] = {}
-    quality: list[dict[str, Any]] = []
+    quality: list[RuleField] = []
 
     @field_validator("columns")
     @classmethod
@@ -70,14 +71,53 @@ class DatasetSpec(_Strict):
             _check_identifier(name, "column name")
         return value
 
+    @field_validator("quality")
+    @classmethod
+    def _unique_rule_names(cls, value: list[QualityRule]) -> list[QualityRule]:
+        duplicate = duplicate_name(value)
+        if duplicate is not None:
+            index, name = duplicate
+            reason = f"another rule is named '{name}'; give this one a name"
+            error = PydanticCustomError("value_error", "{reason}", {"reason": reason})
+            details = InitErrorDetails(type=error, loc=(index,), input=value[index].to_raw())
+            raise PydanticValidationError.from_exception_data("quality", [details])
+        return value
+
+
+Materialization = Literal["table", "view", "incremental"]
+
 
 class ModelSpec(_Strict):
-    """One SQL model of the pipeline: a single SELECT that builds a table."""
+    """One SQL model of the pipeline: a single SELECT that builds a table (or a view).
+
+    `incremental` models append new rows (those past the target's high-water mark of
+    `cursor`, when given) or merge them on `unique_key`. `dialect` names the SQL dialect
+    the model is written in; it is transpiled to DuckDB.
+    """
 
     name: str = Field(pattern=IDENTIFIER)
     layer: Layer = "output"
     sql: str = Field(min_length=1)
     description: str = ""
+    materialized: Materialization = "table"
+    unique_key: list[str] = []
+    cursor: str | None = None
+    dialect: str | None = None
+
+    @field_validator("dialect")
+    @classmethod
+    def _known_dialect(cls, value: str | None) -> str | None:
+        return check_dialect(value) if value else value
+
+    @model_validator(mode="after")
+    def _materialization(self) -> ModelSpec:
+        if self.materialized == "view" and self.layer == "output":
+            raise ValueError(
+                "output datasets are published tables; a view belongs in the staging layer"
+            )
+        if self.materialized != "incremental" and (self.unique_key or self.cursor):
+            raise ValueError("unique_key and cursor apply to incremental models only")
+        return self
 
 
 class AccessSpec(_Strict):
@@ -117,6 +157,7 @@ class ProductDescriptor(_Strict):
     tags: list[str] = []
     sources: dict[str, SourceConfig] = {}
     pipeline: list[ModelSpec] = []
+    dialect: str | None = None
     datasets: dict[str, DatasetSpec] = {}
     access: list[AccessSpec] = []
     schedule: str | None = None
@@ -128,6 +169,11 @@ class ProductDescriptor(_Strict):
         if not all(re.match(SLUG, part) for part in parts):
             raise ValueError("must be a business-area path of lowercase slugs, like 'sales/europe'")
         return "/".join(parts)
+
+    @field_validator("dialect")
+    @classmethod
+    def _pipeline_dialect(cls, value: str | None) -> str | None:
+        return check_dialect(value) if value else value
 
     @field_validator("sources")
     @classmethod
@@ -186,6 +232,18 @@ class ProductDescriptor(_Strict):
         return int(self.version.split(".", 1)[0])
 
 
+def check_dialect(name: str) -> str:
+    """A SQL dialect sqlglot can read; ValueError naming the known ones otherwise."""
+    from sqlglot.dialects.dialect import Dialect, Dialects
+
+    try:
+        Dialect.get_or_raise(name)
+    except ValueError:
+        known = ", ".join(sorted(d.value for d in Dialects if d.value))
+        raise ValueError(f"unknown SQL dialect '{name}' (known: {known})") from None
+    return name.lower()
+
+
 def normalize_type(type_name: str) -> str:
     """The canonical DuckDB spelling of a SQL type; ValueError if it is not a type."""
     try:
@@ -235,7 +293,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _merge_sql_files(product_dir: Path, declared: Any, sql_files: dict[int, Path]) -> Any:
-    """Models from `pipeline/*.sql`: the file stem is the name; `-- layer: staging` sets it.
+    """Models from `pipeline/*.sql`: the file stem is the name; leading comments like
+    `-- layer: staging` or `-- materialized: incremental` set the model's other fields.
 
     `sql_files` is filled with the index in the pipeline of each model read from a file.
     """
@@ -250,16 +309,27 @@ def _merge_sql_files(product_dir: Path, declared: Any, sql_files: dict[int, Path
         if sql_file.stem in declared_names:
             continue
         sql = sql_file.read_text(encoding="utf-8")
-        layer_match = re.search(r"^\s*--\s*layer:\s*(\w+)", sql, re.MULTILINE)
         sql_files[len(models)] = sql_file
-        models.append(
-            {
-                "name": sql_file.stem,
-                "layer": layer_match.group(1) if layer_match else "output",
-                "sql": sql,
-            }
-        )
+        models.append({"name": sql_file.stem, **_header_settings(sql), "sql": sql})
     return models
+
+
+_HEADER = re.compile(r"^\s*--\s*(layer|materialized|unique_key|cursor|dialect)\s*:\s*(.+?)\s*$")
+
+
+def _header_settings(sql: str) -> dict[str, Any]:
+    """Settings from the leading `-- key: value` comments of a SQL file."""
+    found: dict[str, Any] = {}
+    for line in sql.splitlines():
+        if not line.strip():
+            continue
+        if not line.lstrip().startswith("--"):
+            break
+        match = _HEADER.match(line)
+        if match:
+            key, value = match.groups()
+            found[key] = [v.strip() for v in value.split(",")] if key == "unique_key" else value
+    return found
 
 
 def _descriptor_error(

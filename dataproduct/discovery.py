@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from dataproduct.catalog import PublishedDataset, published_datasets
+from dataproduct.catalog import PublishedDataset, older_versions, published_datasets
 from dataproduct.descriptor import DatasetSpec, ProductDescriptor
+from dataproduct.quality_rules import rules_to_raw
+from dataproduct.quality_store import published_quality
 from dataproduct.storage import Storage
 
 
@@ -36,6 +38,7 @@ def product_document(
             "input": {"url": f"{base_url}/input", "auth": "bearer", "scope": "input:write"},
             "control": {"url": f"{base_url}/control", "auth": "bearer", "scope": "control:admin"},
         },
+        "lineage": f"{base_url}/discovery/lineage",
         "sources": sources,
         "datasets": datasets,
     }
@@ -50,6 +53,7 @@ def dataset_summary(
         "name": dataset.name,
         "description": spec.description,
         "tags": spec.tags,
+        "version": dataset.version,
         "row_count": dataset.row_count,
         "updated_at": dataset.updated_at.isoformat(),
         "documented": dataset.name in descriptor.datasets,
@@ -61,10 +65,23 @@ def dataset_summary(
 
 
 def dataset_document(
-    dataset: PublishedDataset, descriptor: ProductDescriptor, base_url: str
+    dataset: PublishedDataset,
+    descriptor: ProductDescriptor,
+    base_url: str,
+    storage: Storage | None = None,
 ) -> dict[str, Any]:
-    """One dataset in full: schema with documentation, size, freshness, SQL and lineage."""
+    """One dataset in full: schema with documentation, size, freshness, SQL, lineage, quality.
+
+    The quality status is that of the checks of the run that published the data, read from
+    `storage` (`unknown` without it).
+    """
     spec = descriptor.datasets.get(dataset.name, DatasetSpec())
+    quality = {"rules": rules_to_raw(spec.quality), "status": "unknown", "results": []}
+    older: list[PublishedDataset] = []
+    if storage is not None:
+        with storage.reader() as cursor:
+            quality = published_quality(cursor, dataset.name, dataset.run_id, spec.quality)
+            older = older_versions(cursor, dataset.name)
     columns = []
     for column in dataset.columns:
         doc = spec.columns.get(column["name"])
@@ -81,11 +98,27 @@ def dataset_document(
     return {
         **dataset_summary(dataset, descriptor, base_url),
         "columns": columns,
-        "quality": spec.quality,
+        "quality": quality["rules"],
+        "quality_status": quality["status"],
+        "quality_results": quality["results"],
         "sql": dataset.sql,
         "run_id": dataset.run_id,
         "pipeline_version": dataset.pipeline_version,
         "formats": ["json", "ndjson", "csv", "parquet", "arrow"],
+        "versions": [_version(dataset, base_url)] + [_version(v, base_url) for v in older],
+    }
+
+
+def _version(dataset: PublishedDataset, base_url: str) -> dict[str, Any]:
+    """One readable major version of a dataset and how to read it."""
+    rows = f"{base_url}/output/datasets/{dataset.name}"
+    return {
+        "version": dataset.version,
+        "current": dataset.current,
+        "row_count": dataset.row_count,
+        "updated_at": dataset.updated_at.isoformat(),
+        "columns": [{"name": c["name"], "type": c["type"]} for c in dataset.columns],
+        "rows": rows if dataset.current else f"{rows}?version={dataset.version}",
     }
 
 
@@ -98,4 +131,4 @@ def dataset_documents(
     descriptor: ProductDescriptor, storage: Storage, base_url: str
 ) -> list[dict[str, Any]]:
     """Every published dataset in full."""
-    return [dataset_document(d, descriptor, base_url) for d in _published(storage)]
+    return [dataset_document(d, descriptor, base_url, storage) for d in _published(storage)]

@@ -18,7 +18,7 @@ import duckdb
 import pyarrow as pa
 from sqlglot import exp
 
-from dataproduct.catalog import PublishedDataset, published_dataset
+from dataproduct.catalog import PublishedDataset, older_versions, published_dataset
 from dataproduct.errors import BadRequestError, ConflictError, NotFoundError, SqlRejectedError
 from dataproduct.sqlguard import GuardContext, SqlGuard
 from dataproduct.storage import Storage, translate
@@ -36,13 +36,29 @@ class Page:
     next_cursor: str | None
 
 
-def find_dataset(storage: Storage, name: str) -> PublishedDataset:
-    """A published output dataset, or NotFoundError."""
+def find_dataset(storage: Storage, name: str, version: int | None = None) -> PublishedDataset:
+    """A published output dataset (its current version, or an older major one)."""
     with storage.reader() as cursor:
         dataset = published_dataset(cursor, name)
-    if dataset is None:
-        raise NotFoundError(f"no dataset '{name}'", where=f"datasets/{name}")
-    return dataset
+        if dataset is None:
+            raise NotFoundError(f"no dataset '{name}'", where=f"datasets/{name}")
+        if version is None or version == dataset.version:
+            return dataset
+        for older in older_versions(cursor, name):
+            if older.version == version:
+                return older
+    readable = [dataset.version] + [v.version for v in dataset_versions(storage, name)]
+    raise NotFoundError(
+        f"{name} has no version {version}; readable versions: "
+        f"{', '.join(str(v) for v in sorted(set(readable), reverse=True))}",
+        where="version",
+    )
+
+
+def dataset_versions(storage: Storage, name: str) -> list[PublishedDataset]:
+    """The older major versions of a dataset that are still readable, newest first."""
+    with storage.reader() as cursor:
+        return older_versions(cursor, name)
 
 
 def select_columns(dataset: PublishedDataset, columns: list[str] | None) -> list[dict[str, Any]]:
@@ -82,7 +98,7 @@ def open_stream(
 
     `json_lines` gives one column of newline-terminated JSON objects instead.
     """
-    table = exp.table_(dataset.name, db="output", quoted=True)
+    table = exp.table_(dataset.table_name, db="output", quoted=True)
     if json_lines:
         query = exp.select(_json_object(columns).as_("line")).from_(table)
     else:
@@ -137,7 +153,7 @@ def read_page(
 ) -> Page:
     """One page of rows as JSON objects, in table order, after the cursor."""
     after = decode_cursor(cursor_token, dataset) if cursor_token else -1
-    table = exp.table_(dataset.name, db="output", quoted=True)
+    table = exp.table_(dataset.table_name, db="output", quoted=True)
     query = (
         exp.select(exp.column("rowid"), _json_text(columns))
         .from_(table)

@@ -41,6 +41,13 @@ class DataproductSettings(BaseSettings):
     memory_limit: str | None = None
     threads: int | None = Field(default=None, ge=1)
     ingest_on_start: bool = True
+    dataset_versions_kept: int = Field(default=3, ge=1)
+    run_timeout_s: float | None = Field(default=None, gt=0)
+    openlineage_url: str | None = None
+    openlineage_file: Path | None = None
+    openlineage_namespace: str = "dataproduct"
+    openlineage_api_key: str | None = None
+    openlineage_timeout_s: float = Field(default=2.0, ge=0.1)
     log_level: str = "info"
 
     @field_validator("public_url")

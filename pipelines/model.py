@@ -18,11 +18,29 @@ class Model:
     sql: str
     layer: str = "output"
     description: str = ""
+    materialized: str = "table"
+    unique_key: tuple[str, ...] = ()
+    cursor: str | None = None
+    dialect: str = "duckdb"
 
     @classmethod
-    def from_spec(cls, spec: ModelSpec) -> Model:
-        """A model from its descriptor entry."""
-        return cls(spec.name, spec.sql, spec.layer, spec.description)
+    def from_spec(cls, spec: ModelSpec, dialect: str | None = None) -> Model:
+        """A model from its descriptor entry; `dialect` is the pipeline's default."""
+        return cls(
+            name=spec.name,
+            sql=spec.sql,
+            layer=spec.layer,
+            description=spec.description,
+            materialized=spec.materialized,
+            unique_key=tuple(spec.unique_key),
+            cursor=spec.cursor,
+            dialect=spec.dialect or dialect or "duckdb",
+        )
+
+    @property
+    def incremental(self) -> bool:
+        """Whether runs add to the table instead of rebuilding it."""
+        return self.materialized == "incremental"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -36,14 +54,18 @@ class Pipeline:
     models: tuple[Model, ...]
 
     @classmethod
-    def from_specs(cls, specs: list[ModelSpec]) -> Pipeline:
-        """A pipeline from descriptor entries."""
-        return cls(tuple(Model.from_spec(spec) for spec in specs))
+    def from_specs(cls, specs: list[ModelSpec], dialect: str | None = None) -> Pipeline:
+        """A pipeline from descriptor entries, written in `dialect` unless a model says."""
+        return cls(tuple(Model.from_spec(spec, dialect) for spec in specs))
 
     @classmethod
     def from_dicts(cls, items: list[dict[str, Any]]) -> Pipeline:
-        """A pipeline from stored or submitted JSON (already validated)."""
-        return cls(tuple(Model(**item) for item in items))
+        """A pipeline from stored JSON (validated when it was accepted)."""
+        return cls(
+            tuple(
+                Model(**{**item, "unique_key": tuple(item.get("unique_key", ()))}) for item in items
+            )
+        )
 
     def to_dicts(self) -> list[dict[str, Any]]:
         """JSON-ready form."""

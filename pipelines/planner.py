@@ -12,9 +12,10 @@ from graphlib import CycleError, TopologicalSorter
 from typing import Any
 
 from sqlglot import exp
+from sqlglot.errors import ErrorLevel, UnsupportedError
 
-from dataproduct.errors import SqlRejectedError
-from dataproduct.sqlguard import GuardContext, SqlGuard, Violation, position
+from dataproduct.errors import NotFoundError, SqlRejectedError
+from dataproduct.sqlguard import GuardContext, GuardResult, SqlGuard, Violation, position
 from pipelines.model import Model, Pipeline
 
 
@@ -46,9 +47,27 @@ class Step:
 
 @dataclass(frozen=True)
 class Plan:
-    """Ordered steps of a valid pipeline."""
+    """Ordered steps of a valid pipeline; `complete` when it holds every model."""
 
     steps: tuple[Step, ...]
+    complete: bool = True
+
+    def select(self, models: list[str], downstream: bool = False) -> Plan:
+        """Only the named models (and, with `downstream`, every model that reads them)."""
+        known = {step.model.name for step in self.steps}
+        unknown = [name for name in models if name not in known]
+        if unknown:
+            names = ", ".join(sorted(known))
+            raise NotFoundError(
+                f"no model {', '.join(unknown)} in the pipeline; models: {names}", where="models"
+            )
+        chosen = set(models)
+        if downstream:
+            for step in self.steps:  # in order, so a reader comes after what it reads
+                if chosen & set(step.depends_on):
+                    chosen.add(step.model.name)
+        steps = tuple(step for step in self.steps if step.model.name in chosen)
+        return Plan(steps, complete=len(steps) == len(self.steps))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, with table-level lineage."""
@@ -83,7 +102,6 @@ class PipelineRejectedError(SqlRejectedError):
 def plan_pipeline(pipeline: Pipeline, sources: set[str], guard: SqlGuard | None = None) -> Plan:
     """Check every model and order them; raise PipelineRejectedError with every problem."""
     guard = guard or SqlGuard()
-    context = GuardContext()
     targets = {(m.layer, m.name): m for m in pipeline.models}
     problems: list[Violation] = []
     parsed: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {}
@@ -92,7 +110,9 @@ def plan_pipeline(pipeline: Pipeline, sources: set[str], guard: SqlGuard | None 
         message = f"{names.count(repeated)} models are named '{repeated}'; names must be unique"
         problems.append(Violation("duplicate_model", message, model=repeated))
     for model in pipeline.models:
-        result = guard.check(model.sql, context)
+        result = guard.check(model.sql, GuardContext(dialect=model.dialect))
+        if result.tree is not None and not result.violations and model.dialect != "duckdb":
+            result = _transpiled(guard, result.tree, model.dialect)
         problems += [v.in_model(model.name) for v in result.violations]
         if result.tree is None or result.violations:
             continue
@@ -110,6 +130,16 @@ def plan_pipeline(pipeline: Pipeline, sources: set[str], guard: SqlGuard | None 
         raise PipelineRejectedError(problems)
     by_name = {m.name: m for m in pipeline.models}
     return Plan(tuple(Step(by_name[n], parsed[n][0], parsed[n][1], parsed[n][2]) for n in order))
+
+
+def _transpiled(guard: SqlGuard, tree: exp.Expr, dialect: str) -> GuardResult:
+    """The model in DuckDB's dialect, guarded again: what runs is what was checked."""
+    try:
+        duckdb_sql = tree.sql("duckdb", unsupported_level=ErrorLevel.RAISE)
+    except UnsupportedError as error:
+        message = f"cannot transpile from {dialect} to duckdb: {error}"
+        return GuardResult("", None, (Violation("transpile", message),))
+    return guard.check(duckdb_sql, GuardContext(dialect="duckdb"))
 
 
 def _references(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,13 +21,22 @@ from sqlglot import exp
 from dataproduct.catalog import (
     PublishedDataset,
     forget_dataset,
+    published_dataset,
     published_datasets,
     record_dataset,
     table_columns,
 )
 from dataproduct.descriptor import DatasetSpec, normalize_type
 from dataproduct.errors import DataproductError, ValidationError
-from dataproduct.storage import Storage, fetch_one
+from dataproduct.quality import (
+    CheckResult,
+    raise_for_blocking,
+    record_results,
+    rules_for,
+    run_checks,
+)
+from dataproduct.storage import Storage, fetch_one, fetch_value
+from pipelines.materialize import drop, materialize, publish, row_count, table
 from pipelines.planner import Plan, Step
 
 
@@ -58,14 +67,24 @@ class StepResult:
 
 
 @dataclass(frozen=True)
+class RunOptions:
+    """How to run: the data contracts to hold, and how to treat what exists."""
+
+    contracts: dict[str, DatasetSpec] = field(default_factory=dict)
+    full_refresh: bool = False
+    keep_versions: int = 3
+
+
+@dataclass(frozen=True)
 class RunContext:
     """What a run needs besides the plan."""
 
     run_id: str
     pipeline_version: int
-    contracts: dict[str, DatasetSpec]
     cancelled: threading.Event
+    options: RunOptions = field(default_factory=RunOptions)
     on_step: Callable[[int, StepResult], None] = lambda index, result: None
+    on_checks: Callable[[list[CheckResult]], None] = lambda checks: None
     on_commit: Callable[[duckdb.DuckDBPyConnection, list[StepResult]], None] = (
         lambda cursor, results: None
     )
@@ -81,7 +100,8 @@ def execute_plan(storage: Storage, plan: Plan, context: RunContext) -> list[Step
             result = _build(cursor, step, context)
             results.append(result)
             context.on_step(index, result)
-        _drop_orphans(cursor, plan)
+        if plan.complete:
+            _drop_orphans(cursor, plan)
         if context.cancelled.is_set():  # a cancel no statement saw still publishes nothing
             raise RunCancelledError("the run was cancelled")
         context.on_commit(cursor, results)
@@ -117,43 +137,67 @@ def _execute_cancellable(
 
 def _build(cursor: duckdb.DuckDBPyConnection, step: Step, context: RunContext) -> StepResult:
     started = time.perf_counter()
-    target = exp.table_(step.model.name, db=step.model.layer, quoted=True)
-    query: exp.Expr = exp.maybe_parse(step.sql, dialect="duckdb")
-    create = exp.Create(this=target, kind="TABLE", replace=True, expression=query)
+    model = step.model
+
+    def execute(sql: str) -> None:
+        _execute_cancellable(cursor, sql, context.cancelled)
+
+    current = published_dataset(cursor, model.name, model.layer)
     try:
-        _execute_cancellable(cursor, create.sql("duckdb"), context.cancelled)
+        built = materialize(cursor, step, execute, full_refresh=context.options.full_refresh)
     except duckdb.InterruptException:
         raise RunCancelledError(f"the run was cancelled while building {step.target}") from None
     except duckdb.Error as error:
         message = str(error).strip().splitlines()[0]
         raise ValidationError(
-            f"model {step.model.name} failed: {message}", where=f"model {step.model.name}"
+            f"model {model.name} failed: {message}", where=f"model {model.name}"
         ) from None
-    found = fetch_one(cursor, exp.select("count(*)").from_(target).sql("duckdb"))
-    rows = int(found[0]) if found else 0
-    columns = table_columns(cursor, step.model.layer, step.model.name)
-    spec = context.contracts.get(step.model.name)
-    if spec is not None and step.model.layer == "output":
-        _check_contract(cursor, step, columns, spec)
+    columns = table_columns(cursor, model.layer, built.name)
+    spec = context.options.contracts.get(model.name)
+    if spec is not None and model.layer == "output":
+        _check_contract(cursor, step, built, columns, spec)
+    version = 1
+    if model.layer == "output":
+        version = publish(cursor, step, built, current, context.options.keep_versions)
+        _check_quality(cursor, step, context)
+    rows = row_count(cursor, table(model.layer, model.name))
     record_dataset(
         cursor,
         PublishedDataset(
-            name=step.model.name,
-            layer=step.model.layer,
+            name=model.name,
+            layer=model.layer,
             sql=step.sql,
             row_count=rows,
             columns=columns,
             updated_at=datetime.now(UTC),
             run_id=context.run_id,
             pipeline_version=context.pipeline_version,
+            version=version,
         ),
     )
-    return StepResult(step.model.name, step.target, rows, time.perf_counter() - started)
+    return StepResult(model.name, step.target, rows, time.perf_counter() - started)
+
+
+def _check_quality(cursor: duckdb.DuckDBPyConnection, step: Step, context: RunContext) -> None:
+    """The dataset's quality rules, on the rows about to be published: a failed `error`
+    rule stops the run (nothing is published); results are kept either way."""
+    spec = context.options.contracts.get(step.model.name)
+    rules = rules_for(cursor, step.model.name, spec.quality if spec else ())
+    if not rules:
+        return
+    try:
+        checks = run_checks(cursor, "output", step.model.name, rules, run_id=context.run_id)
+    except duckdb.InterruptException:
+        raise RunCancelledError(f"the run was cancelled while checking {step.target}") from None
+    context.on_checks(checks)
+    raise_for_blocking(step.model.name, checks)
+    record_results(cursor, checks)
 
 
 def _check_contract(
     cursor: duckdb.DuckDBPyConnection,
     step: Step,
+    built: exp.Table,
     columns: list[dict[str, Any]],
     spec: DatasetSpec,
 ) -> None:
@@ -173,10 +217,9 @@ def _check_contract(
                 where=f"{where}.columns.{name}.type",
             )
         if column.required:
-            table = exp.table_(step.model.name, db=step.model.layer, quoted=True)
             query = (
                 exp.select("count(*)")
-                .from_(table)
+                .from_(built)
                 .where(exp.column(name, quoted=True).is_(exp.null()))
             )
             found = fetch_one(cursor, query.sql("duckdb"))
@@ -188,10 +231,21 @@ def _check_contract(
 
 
 def _drop_orphans(cursor: duckdb.DuckDBPyConnection, plan: Plan) -> None:
-    """Tables of models no longer in the pipeline disappear with this run."""
+    """Tables (and views) of models no longer in the pipeline disappear with this run."""
     built = {(step.model.layer, step.model.name) for step in plan.steps}
     for dataset in published_datasets(cursor, layer=None):
         if (dataset.layer, dataset.name) not in built:
-            table = exp.table_(dataset.name, db=dataset.layer, quoted=True)
-            cursor.execute(exp.Drop(this=table, kind="TABLE", exists=True).sql("duckdb"))
+            kind = "VIEW" if _is_view(cursor, dataset) else "TABLE"
+            target = table(dataset.layer, dataset.name)
+            cursor.execute(drop(target, kind))
             forget_dataset(cursor, dataset.name)
+
+
+def _is_view(cursor: duckdb.DuckDBPyConnection, dataset: PublishedDataset) -> bool:
+    found = fetch_value(
+        cursor,
+        "SELECT count(*) FROM information_schema.tables "
+        "WHERE table_schema = ? AND table_name = ? AND table_type = 'VIEW'",
+        [dataset.layer, dataset.name],
+    )
+    return bool(found)

@@ -15,10 +15,13 @@ from typing import Any
 
 import duckdb
 
+from dataproduct.catalog import table_columns
 from dataproduct.errors import ConflictError, DataproductError, NotFoundError
+from dataproduct.quality import CheckResult, record_results, results_for_run
 from dataproduct.storage import Storage, fetch_one
+from pipelines.openlineage import OpenLineageEmitter
 from pipelines.planner import Plan
-from pipelines.runner import RunContext, StepResult, execute_plan
+from pipelines.runner import RunContext, RunOptions, StepResult, execute_plan
 
 log = logging.getLogger("dataproduct.runs")
 
@@ -38,6 +41,7 @@ class Run:
     status: str = "running"
     finished_at: datetime | None = None
     steps: list[StepResult] = field(default_factory=list)
+    checks: list[CheckResult] = field(default_factory=list)
     error: dict[str, Any] | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
@@ -60,6 +64,7 @@ class Run:
                 "rows_written": sum(s.rows for s in self.steps),
             },
             "steps": [s.to_dict() for s in self.steps],
+            "checks": [c.to_dict(details=False) for c in self.checks],
             "error": self.error,
         }
 
@@ -67,9 +72,15 @@ class Run:
 class RunManager:
     """Starts runs in a background thread, one at a time, and remembers every run."""
 
-    def __init__(self, storage: Storage, timeout_s: float | None = None) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        timeout_s: float | None = None,
+        emitter: OpenLineageEmitter | None = None,
+    ) -> None:
         self.storage = storage
         self.timeout_s = timeout_s
+        self.emitter = emitter
         self._lock = threading.Lock()
         self._active: Run | None = None
         self._recover()
@@ -79,9 +90,9 @@ class RunManager:
         plan: Plan,
         *,
         pipeline_version: int,
-        contracts: dict[str, Any],
         trigger: str,
         principal: str,
+        options: RunOptions | None = None,
         after: Callable[[Run], None] | None = None,
     ) -> Run:
         """Start a run of `plan`; ConflictError if one is already running."""
@@ -94,7 +105,7 @@ class RunManager:
             self._persist(run)
             self._active = run
         thread = threading.Thread(
-            target=self._execute, args=(run, plan, contracts, after), daemon=True
+            target=self._execute, args=(run, plan, options or RunOptions(), after), daemon=True
         )
         thread.start()
         return run
@@ -103,7 +114,7 @@ class RunManager:
         self,
         run: Run,
         plan: Plan,
-        contracts: dict[str, Any],
+        options: RunOptions,
         after: Callable[[Run], None] | None,
     ) -> None:
         timer = None
@@ -114,12 +125,15 @@ class RunManager:
         context = RunContext(
             run_id=run.id,
             pipeline_version=run.pipeline_version,
-            contracts=contracts,
+            options=options,
             cancelled=run.cancelled,
             on_step=lambda index, result: run.steps.append(result),
+            on_checks=run.checks.extend,
             on_commit=lambda cursor, results: self._write(cursor, _succeeded(run)),
         )
         started = time.perf_counter()
+        if self.emitter:
+            self.emitter.start(run.id, plan, run.started_at)
         try:
             execute_plan(self.storage, plan, context)
             # only now, after COMMIT, may a reader of this run see it succeeded
@@ -127,16 +141,34 @@ class RunManager:
         except DataproductError as error:
             status = "cancelled" if run.cancelled.is_set() else "failed"
             self._finish(run, status, error.to_dict()["error"])
+            self._keep_checks(run)
         except Exception as error:  # a bug must still end the run as failed
             log.exception("run %s crashed", run.id)
             self._finish(run, "failed", {"code": "internal_error", "message": str(error)})
         finally:
+            self._emit_end(run, plan)
             if timer:
                 timer.cancel()
             log.info("run %s %s in %.3fs", run.id, run.status, time.perf_counter() - started)
             run.done.set()
             if after is not None and run.status == "succeeded":
                 after(run)
+
+    def _keep_checks(self, run: Run) -> None:
+        """Quality results of a failed run stay visible: they say why it failed."""
+        if run.checks:
+            with self.storage.transaction() as cursor:
+                record_results(cursor, run.checks)
+
+    def _emit_end(self, run: Run, plan: Plan) -> None:
+        """The run's COMPLETE, FAIL or ABORT event, with the schemas it read and built."""
+        if not self.emitter or run.finished_at is None:
+            return
+        if run.status == "succeeded":
+            self.emitter.complete(run.id, plan, plan_schemas(self.storage, plan), run.finished_at)
+        else:
+            cancelled = run.status == "cancelled"
+            self.emitter.fail(run.id, plan, run.error, run.finished_at, cancelled=cancelled)
 
     def _time_out(self, run: Run) -> None:
         if run.done.is_set():
@@ -207,22 +239,22 @@ class RunManager:
             return run.to_dict()
         with self.storage.reader() as cursor:
             row = fetch_one(cursor, "SELECT * FROM meta.runs WHERE id = ?", [run_id])
-        if row is None:
-            raise NotFoundError(f"no run {run_id}", where=f"runs/{run_id}")
-        return _run_from_row(row)
+            if row is None:
+                raise NotFoundError(f"no run {run_id}", where=f"runs/{run_id}")
+            return _run_from_row(row, results_for_run(cursor, run_id))
 
     def history(self, limit: int = 50) -> list[dict[str, Any]]:
         """The latest runs, newest first."""
+        active = self._active
         with self.storage.reader() as cursor:
             rows = cursor.execute(
                 "SELECT * FROM meta.runs ORDER BY started_at DESC LIMIT ?", [limit]
             ).fetchall()
-        active = self._active
-        return [
-            active.to_dict() if active and active.id == r[0] and not active.done.is_set()
-            else _run_from_row(r)
-            for r in rows
-        ]  # fmt: skip
+            return [
+                active.to_dict() if active and active.id == r[0] and not active.done.is_set()
+                else _run_from_row(r, results_for_run(cursor, r[0]))
+                for r in rows
+            ]  # fmt: skip
 
     def _recover(self) -> None:
         """Runs that were going when the process died end as failed; they published nothing."""
@@ -234,13 +266,23 @@ class RunManager:
             )
 
 
+def plan_schemas(storage: Storage, plan: Plan) -> dict[str, dict[str, str]]:
+    """Columns and types of every table a plan reads or builds, as they are now."""
+    tables = {table for step in plan.steps for table in (step.target, *step.reads)}
+    with storage.reader() as cursor:
+        return {
+            table: {c["name"]: c["type"] for c in table_columns(cursor, *table.split(".", 1))}
+            for table in sorted(tables)
+        }
+
+
 def _succeeded(run: Run) -> Run:
     """The run's final record, written inside its publishing transaction."""
     run.finished_at = datetime.now(UTC)
     return replace(run, status="succeeded")
 
 
-def _run_from_row(row: tuple[Any, ...]) -> dict[str, Any]:
+def _run_from_row(row: tuple[Any, ...], checks: list[CheckResult]) -> dict[str, Any]:
     steps = json.loads(row[7]) if row[7] else []
     end = row[6] or datetime.now(UTC)
     return {
@@ -258,5 +300,6 @@ def _run_from_row(row: tuple[Any, ...]) -> dict[str, Any]:
             "rows_written": sum(s["rows"] for s in steps),
         },
         "steps": steps,
+        "checks": [c.to_dict(details=False) for c in checks],
         "error": json.loads(row[8]) if row[8] else None,
     }

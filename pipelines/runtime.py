@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dataproduct.catalog import create_meta_tables
+from dataproduct.catalog import create_meta_tables, table_columns
 from dataproduct.connector import Connector, SourceContext, build_connectors
 from dataproduct.cron import Cron
 from dataproduct.descriptor import ProductDescriptor, load_descriptor
@@ -27,9 +27,13 @@ from dataproduct.errors import (
 from dataproduct.ingest import FileFormat, Ingestion, file_reader, load_stream
 from dataproduct.settings import DataproductSettings
 from dataproduct.storage import Storage, file_connection
+from pipelines.lineage import lineage_document
 from pipelines.model import Pipeline
+from pipelines.openlineage import OpenLineageEmitter
 from pipelines.planner import Plan, plan_pipeline
-from pipelines.runs import Run, RunManager
+from pipelines.preview import predicted_schemas
+from pipelines.runner import RunOptions
+from pipelines.runs import Run, RunManager, plan_schemas
 from pipelines.schedule import Scheduler
 from pipelines.store import PipelineVersion, get_version, save_version, sync_descriptor_pipeline
 
@@ -66,7 +70,19 @@ class ProductRuntime:
         )
         with storage.transaction() as cursor:
             create_meta_tables(cursor)
-        self.runs = RunManager(storage)
+        self.emitter = OpenLineageEmitter(
+            descriptor.name,
+            url=settings.openlineage_url,
+            file=settings.openlineage_file,
+            namespace=settings.openlineage_namespace,
+            api_key=settings.openlineage_api_key,
+            timeout_s=settings.openlineage_timeout_s,
+        )
+        self.runs = RunManager(
+            storage,
+            timeout_s=settings.run_timeout_s,
+            emitter=self.emitter if self.emitter.enabled else None,
+        )
         self.readiness = Readiness()
         self.scheduler = (
             Scheduler(Cron.parse(descriptor.schedule), self.refresh)
@@ -74,7 +90,10 @@ class ProductRuntime:
             else None
         )
         self._pipeline_lock = threading.Lock()
-        sync_descriptor_pipeline(storage, Pipeline.from_specs(descriptor.pipeline))
+        self._lineage_cache: tuple[tuple[int, str], dict[str, Any]] | None = None
+        sync_descriptor_pipeline(
+            storage, Pipeline.from_specs(descriptor.pipeline, descriptor.dialect)
+        )
 
     @classmethod
     def open(cls, product_dir: Path, settings: DataproductSettings) -> ProductRuntime:
@@ -100,6 +119,7 @@ class ProductRuntime:
             with suppress(ConflictError):  # it ended meanwhile
                 self.runs.cancel(active.id)
             active.done.wait(10)
+        self.emitter.close()
         self.storage.close()
 
     # sources -------------------------------------------------------------------------
@@ -180,24 +200,78 @@ class ProductRuntime:
             pipeline = current.pipeline if current else Pipeline(())
         return plan_pipeline(pipeline, set(self.connectors))
 
+    def plan_document(self, pipeline: Pipeline | None = None) -> dict[str, Any]:
+        """A dry run: ordered steps with the SQL that will run, each output's predicted
+        columns, and table- and column-level lineage. Raises PipelineRejectedError."""
+        plan = self.plan(pipeline)
+        predicted = predicted_schemas(self.storage, plan)
+        schemas = self._input_schemas(plan)
+        document = plan.to_dict()
+        for step in document["steps"]:
+            prediction = predicted[step["target"]]
+            step["predicted_columns"] = prediction.get("columns")
+            if "error" in prediction:
+                step["prediction_error"] = prediction["error"]
+            else:
+                schemas[step["target"]] = {c["name"]: c["type"] for c in prediction["columns"]}
+        document["column_lineage"] = lineage_document(plan, schemas)
+        return document
+
+    def lineage(self) -> dict[str, Any]:
+        """Lineage of the current pipeline over the tables as they are, cached per publish."""
+        current = self.pipeline()
+        if current is None:
+            return lineage_document(Plan(()), {})
+        latest = self.runs.history(1)
+        key = (current.version, latest[0]["id"] if latest else "")
+        if self._lineage_cache is None or self._lineage_cache[0] != key:
+            plan = self.plan(current.pipeline)
+            self._lineage_cache = (key, lineage_document(plan, plan_schemas(self.storage, plan)))
+        return self._lineage_cache[1]
+
+    def _input_schemas(self, plan: Plan) -> dict[str, dict[str, str]]:
+        inputs = {
+            table for step in plan.steps for table in step.reads if table.startswith("input.")
+        }
+        with self.storage.reader() as cursor:
+            return {
+                table: {c["name"]: c["type"] for c in table_columns(cursor, "input", table[6:])}
+                for table in sorted(inputs)
+            }
+
     def replace_pipeline(self, pipeline: Pipeline, principal: str) -> PipelineVersion:
         """Validate and store a new pipeline; a rejected one changes nothing."""
         with self._pipeline_lock:
             self.plan(pipeline)
             return save_version(self.storage, pipeline, origin="api", submitted_by=principal)
 
-    def start_run(self, principal: str, trigger: str = "api") -> Run:
-        """Plan the current pipeline and run it in the background (202 semantics)."""
+    def start_run(
+        self,
+        principal: str,
+        trigger: str = "api",
+        *,
+        models: list[str] | None = None,
+        downstream: bool = False,
+        full_refresh: bool = False,
+    ) -> Run:
+        """Plan the current pipeline (or the named models) and run it in the background."""
         current = self.pipeline()
         if current is None or not current.pipeline.models:
             raise ConflictError("there is no pipeline to run; PUT /control/pipeline first")
         plan = self.plan(current.pipeline)
+        if models:
+            plan = plan.select(models, downstream)
+        options = RunOptions(
+            contracts=dict(self.descriptor.datasets),
+            full_refresh=full_refresh,
+            keep_versions=self.settings.dataset_versions_kept,
+        )
         return self.runs.start(
             plan,
             pipeline_version=current.version,
-            contracts=dict(self.descriptor.datasets),
             trigger=trigger,
             principal=principal,
+            options=options,
         )
 
     # start-up --------------------------------------------------------------------------

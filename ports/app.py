@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse
 
 from pipelines.runtime import ProductRuntime
-from ports import control, discovery, health, input, output
+from ports import control, discovery, health, input, output, quality
 from ports.errors import install_error_handlers
 
 log = logging.getLogger("dataproduct")
@@ -39,7 +39,8 @@ def create_app(runtime: ProductRuntime, *, start: bool = True) -> FastAPI:
     )
     app.state.runtime = runtime
     install_error_handlers(app)
-    for router in (health.router, discovery.router, output.router, input.router, control.router):
+    routers = (health, discovery, output, input, control, quality)
+    for router in (module.router for module in routers):
         app.include_router(router)
 
     @app.get("/", include_in_schema=False, response_model=None)

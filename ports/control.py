@@ -6,9 +6,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from dataproduct.descriptor import ModelSpec
+from dataproduct.descriptor import ModelSpec, check_dialect
 from dataproduct.errors import NotFoundError
 from dataproduct.ingest import ingestion_history
 from dataproduct.security import Principal
@@ -22,18 +22,34 @@ Admin = Annotated[Principal, Depends(require_scope("control:admin"))]
 
 
 class PipelineBody(BaseModel):
-    """A whole pipeline: the models replace the current ones."""
+    """A whole pipeline: the models replace the current ones.
+
+    `dialect` is the SQL dialect of every model that does not name its own.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     models: list[ModelSpec] = Field(min_length=1)
+    dialect: str | None = None
+
+    @field_validator("dialect")
+    @classmethod
+    def _known_dialect(cls, value: str | None) -> str | None:
+        return check_dialect(value) if value else value
+
+    def pipeline(self) -> Pipeline:
+        """The submitted pipeline."""
+        return Pipeline.from_specs(self.models, self.dialect)
 
 
 class RunBody(BaseModel):
-    """Options of a run (all models of the current pipeline)."""
+    """Options of a run: which models (all by default), and how."""
 
     model_config = ConfigDict(extra="forbid")
 
+    models: list[str] | None = Field(default=None, min_length=1)
+    downstream: bool = False
+    full_refresh: bool = False
     ingest: bool = False
 
 
@@ -93,8 +109,7 @@ def pipeline_versions(request: Request, principal: Admin) -> dict[str, Any]:
 @router.put("/pipeline")
 def put_pipeline(body: PipelineBody, request: Request, principal: Admin) -> dict[str, Any]:
     """Replace the pipeline; it is planned first and a rejected one changes nothing."""
-    pipeline = Pipeline.from_specs(body.models)
-    stored = runtime_of(request).replace_pipeline(pipeline, principal.subject)
+    stored = runtime_of(request).replace_pipeline(body.pipeline(), principal.subject)
     return stored.to_dict()
 
 
@@ -104,21 +119,27 @@ def plan_pipeline(
 ) -> dict[str, Any]:
     """Dry run: the ordered steps and lineage, or every problem. Nothing is changed."""
     runtime = runtime_of(request)
-    pipeline = Pipeline.from_specs(body.models) if body else None
+    pipeline = body.pipeline() if body else None
     try:
-        plan = runtime.plan(pipeline)
+        document = runtime.plan_document(pipeline)
     except PipelineRejectedError as error:
         return {"valid": False, "problems": error.details["problems"]}
-    return {"valid": True, **plan.to_dict()}
+    return {"valid": True, **document}
 
 
 @router.post("/runs", status_code=202)
 def start_run(request: Request, principal: Admin, body: RunBody | None = None) -> JSONResponse:
     """Start a run of the current pipeline: 202 with its id; 409 if one is going."""
     runtime = runtime_of(request)
-    if body and body.ingest:
+    body = body or RunBody()
+    if body.ingest:
         runtime.ingest(None, principal.subject)
-    run = runtime.start_run(principal.subject)
+    run = runtime.start_run(
+        principal.subject,
+        models=body.models,
+        downstream=body.downstream,
+        full_refresh=body.full_refresh,
+    )
     location = f"{runtime.settings.base_url()}/control/runs/{run.id}"
     return JSONResponse(run.to_dict(), status_code=202, headers={"Location": location})
 

@@ -56,5 +56,14 @@ def dataset(name: str, request: Request) -> dict[str, Any]:
     """One dataset in full."""
     runtime = runtime_of(request)
     return dataset_document(
-        find_dataset(runtime.storage, name), runtime.descriptor, runtime.settings.base_url()
+        find_dataset(runtime.storage, name),
+        runtime.descriptor,
+        runtime.settings.base_url(),
+        runtime.storage,
     )
+
+
+@router.get("/lineage")
+def lineage(request: Request) -> dict[str, Any]:
+    """Table- and column-level lineage from the sources through the models to the outputs."""
+    return runtime_of(request).lineage()

@@ -77,17 +77,23 @@ def read_dataset(
     columns: Annotated[str | None, Query(description="comma-separated projection")] = None,
     limit: Annotated[int | None, Query(ge=1)] = None,
     cursor: Annotated[str | None, Query(description="from next_cursor of a JSON page")] = None,
+    version: Annotated[int | None, Query(ge=1, description="an older major version")] = None,
 ) -> Response:
     """Rows of a dataset: paged JSON, or the whole dataset streamed in another format."""
     runtime = runtime_of(request)
     settings = runtime.settings
     chosen = negotiate(format, request.headers.get("accept"))
-    dataset = find_dataset(runtime.storage, name)
+    dataset = find_dataset(runtime.storage, name, version)
     wanted = select_columns(dataset, _split(columns))
     if chosen == "json":
         page_size = min(limit or settings.default_page_rows, settings.max_page_rows)
         page = read_page(runtime.storage, dataset, wanted, limit=page_size, cursor_token=cursor)
-        envelope = {"dataset": dataset.name, "limit": page_size, "next_cursor": page.next_cursor}
+        envelope = {
+            "dataset": dataset.name,
+            "version": dataset.version,
+            "limit": page_size,
+            "next_cursor": page.next_cursor,
+        }
         return _json_page(page.rows_json, envelope)
     if cursor:
         raise BadRequestError(

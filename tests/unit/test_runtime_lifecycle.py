@@ -112,7 +112,8 @@ def test_open_reader_keeps_its_snapshot_while_a_run_publishes(published: Product
         ]
         stream = streaming.sql("SELECT * FROM output.daily_sales").to_arrow_reader(batch_size=64)
         first = stream.read_next_batch()
-        assert run_to_end(published)["status"] == "succeeded"
+        state = run_to_end(published)
+        assert state["status"] == "succeeded", state["error"]
         assert first.num_rows + stream.read_all().num_rows == len(old_rows)
         assert reader.execute("SELECT count(*) FROM output.daily_sales").fetchall() == [
             (len(old_rows),)
