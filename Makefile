@@ -35,6 +35,7 @@ pytest: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/pipeline.py
 
 image: $(VENV)/.installed-test
 	bash deploy/docker/build-image.sh

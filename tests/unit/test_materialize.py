@@ -257,3 +257,30 @@ def test_sql_file_headers_set_model_settings(tmp_path: Path) -> None:
         "ts",
         "postgres",
     )
+
+
+def test_a_run_past_its_timeout_is_cancelled_and_publishes_nothing(
+    tmp_path: Path, settings: DataproductSettings
+) -> None:
+    folder = tmp_path / "slow"
+    folder.mkdir()
+    (folder / "dataproduct.yaml").write_text(DESCRIPTOR)
+    limited = settings.model_copy(update={"run_timeout_s": 0.5, "threads": 1})
+    runtime = ProductRuntime.open(folder, limited)
+    try:
+        push(runtime, tmp_path, ['{"id": 1}'])
+        pipeline(runtime, Model("fast", "SELECT id FROM input.events"))
+        first = run(runtime)
+        slow = "SELECT sum(a.r * b.s) AS n FROM range(100000000) AS a(r), range(1000) AS b(s)"
+        pipeline(
+            runtime, Model("fast", "SELECT id + 1 AS id FROM input.events"), Model("slow", slow)
+        )
+        state = runtime.runs.wait(runtime.start_run("tester").id, 30)
+        assert state["status"] == "cancelled"
+        assert state["error"]["code"] == "run_timeout"
+        with runtime.storage.reader() as cursor:
+            fast = published_dataset(cursor, "fast")
+        assert fast is not None and fast.run_id == first["id"]
+        assert rows(runtime, "SELECT id FROM output.fast") == [(1,)]
+    finally:
+        runtime.close()
