@@ -22,7 +22,6 @@ from dataproduct.errors import (
     DataproductError,
     NotFoundError,
     NotReadyError,
-    UnsupportedMediaTypeError,
 )
 from dataproduct.ingest import FileFormat, Ingestion, file_reader, load_stream
 from dataproduct.settings import DataproductSettings
@@ -161,15 +160,6 @@ class ProductRuntime:
                 f"source '{name}' is pulled by its connector, not pushed to; "
                 "declare a source of type 'push' to receive data",
                 where=f"sources/{name}",
-            )
-        declared = getattr(connector.spec, "format", None)
-        if (
-            declared
-            and declared != file_format
-            and not ({declared, file_format} <= {"json", "ndjson"})
-        ):
-            raise UnsupportedMediaTypeError(
-                f"source '{name}' takes {declared}, not {file_format}", where="Content-Type"
             )
         return load_stream(
             self.storage,

@@ -31,8 +31,14 @@ _CONTENT_TYPES: dict[str, FileFormat] = {
 }
 
 
-def body_format(content_type: str | None, format_param: str | None) -> FileFormat:
-    """The pushed body's format: `format=` first, then Content-Type."""
+_UNTYPED = ("", "application/octet-stream", "application/x-www-form-urlencoded")
+
+
+def body_format(
+    content_type: str | None, format_param: str | None, default: FileFormat | None = None
+) -> FileFormat:
+    """The pushed body's format: `format=` first, then Content-Type, then the source's own
+    format when the body says nothing of its type (as `curl --data-binary` sends it)."""
     if format_param:
         if format_param not in FILE_FORMATS:
             raise BadRequestError(
@@ -43,6 +49,8 @@ def body_format(content_type: str | None, format_param: str | None) -> FileForma
     media = (content_type or "").split(";")[0].strip().lower()
     if media in _CONTENT_TYPES:
         return _CONTENT_TYPES[media]
+    if media in _UNTYPED and default is not None:
+        return default
     raise UnsupportedMediaTypeError(
         f"cannot load Content-Type '{media or 'none'}'; send one of "
         f"{', '.join(_CONTENT_TYPES)} or set format=",
@@ -88,8 +96,8 @@ async def push(
 ) -> JSONResponse:
     """Load the body (a file, or JSON records) into `input.<source>`: all rows or none."""
     runtime = runtime_of(request)
-    runtime.source(source)  # 404 before reading a large body
-    chosen = body_format(request.headers.get("content-type"), format)
+    declared = getattr(runtime.source(source).spec, "format", None)  # 404 before the body
+    chosen = body_format(request.headers.get("content-type"), format, declared)
     path = await spool_body(request, runtime.upload_dir(), runtime.settings.max_upload_bytes)
     try:
         ingestion = await run_in_threadpool(

@@ -154,20 +154,19 @@ def test_unreadable_requests_are_refused(
     assert _rows(runtime) == []
 
 
-def test_declared_format_is_enforced(
+def test_declared_format_is_the_default(
     client: TestClient, runtime: ProductRuntime, writer: dict[str, str]
 ) -> None:
-    """A source declared as CSV refuses JSON with 415 and takes CSV."""
-    _, body = BODIES["json"]
-    response = client.post(
-        "/input/refunds", content=body, headers={**writer, "content-type": "application/json"}
-    )
-    assert_error(response, 415, "unsupported_media_type")
-    ok = client.post(
-        "/input/refunds", content=CSV_BODY, headers={**writer, "content-type": "text/csv"}
-    )
+    """A source declared as CSV reads an untyped body as CSV and still takes JSON records."""
+    untyped = {**writer, "content-type": "application/x-www-form-urlencoded"}
+    ok = client.post("/input/refunds", content=CSV_BODY, headers=untyped)
     assert ok.status_code == 201
     assert _rows(runtime, "refunds") == ROWS
+    _, body = BODIES["json"]
+    json_body = {**writer, "content-type": "application/json"}
+    again = client.post("/input/refunds", content=body, headers=json_body)
+    assert again.status_code == 201
+    assert _rows(runtime, "refunds") == sorted(ROWS + ROWS)
 
 
 def test_empty_body_is_400(
