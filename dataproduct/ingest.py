@@ -92,16 +92,8 @@ def _reader_call(
         settings.setdefault("format", "auto")
     args: list[exp.Expr] = [target]
     for key, value in settings.items():
-        args.append(exp.EQ(this=exp.column(key), expression=_literal(value)))
+        args.append(exp.EQ(this=exp.column(key), expression=exp.convert(value)))
     return exp.Anonymous(this=function, expressions=args)
-
-
-def _literal(value: Any) -> exp.Expr:
-    if isinstance(value, bool):
-        return exp.Boolean(this=value)
-    if isinstance(value, int | float):
-        return exp.Literal.number(value)
-    return exp.Literal.string(str(value))
 
 
 def _describe(paths: str | Sequence[str]) -> str:

@@ -327,7 +327,7 @@ def _typed_literals(table: _Table, column: str, values: list[Any]) -> list[exp.E
         raise _Unchecked(
             f"cannot compare values with column '{column}' of type {column_type}"
         ) from None
-    literals = [_literal(v) for v in values]
+    literals = [exp.convert(v) for v in values]
     probe = exp.select(
         *[exp.TryCast(this=lit.copy(), to=target.copy()).is_(exp.null()) for lit in literals]
     )
@@ -338,14 +338,6 @@ def _typed_literals(table: _Table, column: str, values: list[Any]) -> list[exp.E
     if column_type.upper() == "VARCHAR" and all(isinstance(v, str) for v in values):
         return literals
     return [exp.cast(lit, target.copy()) for lit in literals]
-
-
-def _literal(value: Any) -> exp.Expr:
-    if isinstance(value, bool):
-        return exp.Boolean(this=value)
-    if isinstance(value, int | float):
-        return exp.Literal.number(value)
-    return exp.Literal.string(str(value))
 
 
 def _rows(cursor: duckdb.DuckDBPyConnection, query: exp.Query) -> list[tuple[Any, ...]]:
