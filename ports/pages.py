@@ -34,13 +34,22 @@ def _columns(columns: list[dict[str, Any]]) -> str:
     )
 
 
+def _older(dataset: dict[str, Any]) -> str:
+    older = [v for v in dataset["versions"] if not v["current"]]
+    if not older:
+        return ""
+    links = ", ".join(f'<a href="{escape(v["rows"])}">v{v["version"]}</a>' for v in older)
+    return f" · older versions: {links}"
+
+
 def _dataset(dataset: dict[str, Any]) -> str:
     rows_url = escape(dataset["links"]["rows"])
     return (
         f'<section id="{escape(dataset["name"])}"><h2>{escape(dataset["name"])}</h2>'
         f"<p>{escape(dataset['description'])} {_tags(dataset['tags'])}</p>"
-        f'<p class="meta">{dataset["row_count"]:,} rows, updated {escape(dataset["updated_at"])}'
-        f" by run <code>{escape(dataset['run_id'])}</code></p>"
+        f'<p class="meta">version {dataset["version"]} · {dataset["row_count"]:,} rows, updated '
+        f"{escape(dataset['updated_at'])} by run <code>{escape(dataset['run_id'])}</code> · "
+        f"quality: <strong>{escape(dataset['quality_status'])}</strong>{_older(dataset)}</p>"
         f"{_columns(dataset['columns'])}"
         f"<p>Read it: <code>curl -H 'Authorization: Bearer $TOKEN' '{rows_url}?format=csv'</code>"
         f"</p><details><summary>SQL that made it</summary><pre>{escape(dataset['sql'])}</pre>"

@@ -142,6 +142,8 @@ def test_browsers_get_a_page(client: TestClient) -> None:
     assert 'id="daily_sales"' in page
     assert "Ana Silva" in page
     assert "<script" not in page.lower()
+    assert "quality: <strong>pass</strong>" in page  # the example's rules pass
+    assert "version 1 ·" in page
 
 
 def test_json_wins_over_html_with_format_json(client: TestClient) -> None:
