@@ -28,24 +28,18 @@ import jwt
 import pyarrow.ipc
 import pytest
 
+from tests.conftest import IN_CI, skip_or_fail
+
 pytestmark = pytest.mark.container
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER_SCRIPTS = ROOT / "deploy" / "docker"
 IMAGE = os.environ.get("DATAPRODUCT_IMAGE", "dataproduct:dev")
 BASE_IMAGE = os.environ.get("DATAPRODUCT_BASE_IMAGE", "dataproduct-base:bookworm")
-IN_CI = os.environ.get("CI", "").lower() == "true"
 READY_TIMEOUT_S = 60.0
 HEALTHY_TIMEOUT_S = 60.0
 EXAMPLE_DATASETS = {"customer_revenue", "daily_sales"}
 PUSH_SOURCE = "returns"  # the example's `{type: push, format: csv}` source
-
-
-def skip_or_fail(reason: str) -> None:
-    """No Docker: skip on a developer machine, fail in CI."""
-    if IN_CI:
-        pytest.fail(f"required in CI: {reason}")
-    pytest.skip(reason)
 
 
 def run(*args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
