@@ -84,7 +84,8 @@ def _serve(args: argparse.Namespace) -> int:
     settings = get_settings()
     updates = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = settings.model_copy(update=updates)
-    generated = not settings.require_secret()
+    # production with OIDC may run without a secret; only local mode makes a session one
+    generated = not settings.require_secret() and settings.env == "local"
     if generated:
         settings = settings.with_session_secret()
     logging.basicConfig(

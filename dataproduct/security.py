@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import jwt
 
 from dataproduct.errors import AuthenticationError, PermissionDeniedError
+from dataproduct.oidc import key_set_for
 from dataproduct.settings import DataproductSettings
 
 SCOPES = ("output:read", "input:write", "control:admin")
@@ -68,28 +69,82 @@ def issue_token(
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+ISSUER_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+WHERE = "Authorization"
+
+
 def verify_token(settings: DataproductSettings, token: str) -> Principal:
-    """Check a bearer token's signature, expiry and (when configured) issuer and audience."""
+    """Check a bearer token's signature, expiry and (when configured) issuer and audience.
+
+    The algorithm must be one of `settings.jwt_algorithms`; its family picks the key: the
+    shared secret for HMAC, the issuer's JWKS key (by `kid`) for RSA/EC. A JWKS key is
+    never used as an HMAC secret, and the token's header only selects among what is allowed.
+    """
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.InvalidTokenError as error:
+        raise AuthenticationError(f"invalid token: {error}", where=WHERE) from None
+    algorithm = header.get("alg")
+    if not isinstance(algorithm, str) or algorithm not in settings.jwt_algorithms:
+        raise AuthenticationError(
+            f"invalid token: the algorithm {algorithm!r} is not accepted", where=WHERE
+        )
+    key: jwt.PyJWK | str
+    issuer = settings.jwt_issuer
+    if algorithm in HMAC_ALGORITHMS:
+        if not settings.jwt_secret:
+            raise AuthenticationError(
+                "invalid token: no shared secret is configured for HMAC tokens", where=WHERE
+            )
+        key = settings.jwt_secret
+    elif algorithm in ISSUER_ALGORITHMS and settings.oidc_configured():
+        key = key_set_for(settings).key_for(token)
+        issuer = settings.jwt_issuer or settings.oidc_issuer
+    else:
+        raise AuthenticationError(
+            f"invalid token: no key is configured for the algorithm {algorithm!r}", where=WHERE
+        )
     options = {"require": ["exp", "sub"]}
     try:
         claims = jwt.decode(
             token,
-            settings.jwt_secret,
-            algorithms=settings.jwt_algorithms,
-            issuer=settings.jwt_issuer,
+            key,
+            algorithms=[algorithm],
+            issuer=issuer,
             audience=settings.jwt_audience,
             leeway=LEEWAY_S,
             options=options,  # type: ignore[arg-type]
         )
     except jwt.ExpiredSignatureError:
-        raise AuthenticationError("the token has expired", where="Authorization") from None
+        raise AuthenticationError("the token has expired", where=WHERE) from None
     except jwt.InvalidTokenError as error:
-        raise AuthenticationError(f"invalid token: {error}", where="Authorization") from None
+        raise AuthenticationError(f"invalid token: {error}", where=WHERE) from None
+    scopes = (
+        _as_list(claims.get("scope")) + _as_list(claims.get("scp")) + _as_list(claims.get("scopes"))
+    )
     return Principal(
         subject=str(claims["sub"]),
-        scopes=frozenset(_as_list(claims.get("scope")) + _as_list(claims.get("scopes"))),
-        groups=frozenset(_as_list(claims.get("groups"))),
+        scopes=frozenset(scopes),
+        groups=frozenset(_as_list(claim_value(claims, settings.jwt_groups_claim))),
     )
+
+
+def claim_value(claims: dict[str, object], name: str) -> object:
+    """The claim `name`; a dotted name (`realm_access.roles`) reaches into nested objects.
+
+    A top-level claim spelled with dots (such as a URL-like namespaced claim) wins.
+    """
+    if name in claims:
+        return claims[name]
+    value: object = claims
+    for part in name.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
 
 
 def _as_list(value: object) -> list[str]:

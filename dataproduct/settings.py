@@ -34,6 +34,9 @@ class DataproductSettings(BaseSettings):
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
     jwt_algorithms: list[str] = ["HS256"]
+    oidc_issuer: str | None = None
+    jwks_url: str | None = None
+    jwt_groups_claim: str = "groups"
     max_upload_bytes: int = Field(default=1024 * 1024 * 1024, ge=1)
     max_json_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
     max_page_rows: int = Field(default=10_000, ge=1)
@@ -62,10 +65,19 @@ class DataproductSettings(BaseSettings):
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host  # noqa: S104
         return f"http://{host}:{self.port}"
 
+    def oidc_configured(self) -> bool:
+        """Whether tokens may come from an OIDC issuer (an issuer or a JWKS URL is set)."""
+        return bool(self.oidc_issuer or self.jwks_url)
+
     def require_secret(self) -> str:
-        """The HS256 secret; a short one is refused, and an empty one outside local mode."""
+        """The HS256 secret; a short one is refused, and an empty one outside local mode.
+
+        In production with OIDC configured no secret is needed: "" then means "no HS256".
+        """
         if len(self.jwt_secret) >= MIN_SECRET_LENGTH:
             return self.jwt_secret
+        if self.env == "production" and self.oidc_configured() and not self.jwt_secret:
+            return ""
         if self.env == "production":
             raise ConfigurationError(
                 f"DATAPRODUCT_JWT_SECRET must be set to at least {MIN_SECRET_LENGTH} characters "

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable
 
 from fastapi import Request
 
@@ -17,10 +16,14 @@ def runtime_of(request: Request) -> ProductRuntime:
     return runtime
 
 
-def require_scope(scope: str) -> Callable[[Request], Coroutine[Any, Any, Principal]]:
-    """A dependency: a valid bearer token holding `scope`, as a principal."""
+def require_scope(scope: str) -> Callable[[Request], Principal]:
+    """A dependency: a valid bearer token holding `scope`, as a principal.
 
-    async def dependency(request: Request) -> Principal:
+    Synchronous on purpose: FastAPI runs it in a worker thread, so fetching an issuer's
+    keys (when a token names a new key) never blocks the event loop.
+    """
+
+    def dependency(request: Request) -> Principal:
         settings = runtime_of(request).settings
         principal = verify_token(settings, bearer_token(request.headers.get("authorization")))
         principal.require(scope)
