@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dataproduct.catalog import create_meta_tables, table_columns
+from dataproduct.catalog import create_meta_tables
 from dataproduct.connector import Connector, SourceContext, build_connectors
 from dataproduct.cron import Cron
 from dataproduct.descriptor import ProductDescriptor, load_descriptor
@@ -195,7 +195,11 @@ class ProductRuntime:
         columns, and table- and column-level lineage. Raises PipelineRejectedError."""
         plan = self.plan(pipeline)
         predicted = predicted_schemas(self.storage, plan)
-        schemas = self._input_schemas(plan)
+        schemas = {
+            table: columns
+            for table, columns in plan_schemas(self.storage, plan).items()
+            if table.startswith("input.")
+        }
         document = plan.to_dict()
         for step in document["steps"]:
             prediction = predicted[step["target"]]
@@ -218,16 +222,6 @@ class ProductRuntime:
             plan = self.plan(current.pipeline)
             self._lineage_cache = (key, lineage_document(plan, plan_schemas(self.storage, plan)))
         return self._lineage_cache[1]
-
-    def _input_schemas(self, plan: Plan) -> dict[str, dict[str, str]]:
-        inputs = {
-            table for step in plan.steps for table in step.reads if table.startswith("input.")
-        }
-        with self.storage.reader() as cursor:
-            return {
-                table: {c["name"]: c["type"] for c in table_columns(cursor, "input", table[6:])}
-                for table in sorted(inputs)
-            }
 
     def replace_pipeline(self, pipeline: Pipeline, principal: str) -> PipelineVersion:
         """Validate and store a new pipeline; a rejected one changes nothing."""

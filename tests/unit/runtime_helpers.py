@@ -11,6 +11,24 @@ from pipelines.runtime import ProductRuntime
 
 Rows = list[tuple[Any, ...]]
 
+# The example product's input tables as its CSV files load them.
+EXAMPLE_INPUT_SCHEMAS: dict[str, dict[str, str]] = {
+    "input.orders": {
+        "order_id": "BIGINT",
+        "customer_id": "VARCHAR",
+        "order_date": "DATE",
+        "amount": "DOUBLE",
+        "currency": "VARCHAR",
+        "status": "VARCHAR",
+    },
+    "input.customers": {
+        "customer_id": "VARCHAR",
+        "name": "VARCHAR",
+        "country": "VARCHAR",
+        "segment": "VARCHAR",
+    },
+}
+
 
 def run_to_end(runtime: ProductRuntime, timeout_s: float = 60.0) -> dict[str, Any]:
     """Start a run and wait for it to end."""

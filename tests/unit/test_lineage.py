@@ -15,24 +15,10 @@ from pipelines import lineage as lineage_module
 from pipelines.lineage import column_lineage, lineage_document, table_lineage
 from pipelines.model import Model, Pipeline
 from pipelines.planner import Plan, plan_pipeline
+from tests.unit.runtime_helpers import EXAMPLE_INPUT_SCHEMAS
 
 SOURCES = {"orders", "customers"}
-SCHEMAS = {
-    "input.orders": {
-        "order_id": "BIGINT",
-        "customer_id": "VARCHAR",
-        "order_date": "DATE",
-        "amount": "DOUBLE",
-        "currency": "VARCHAR",
-        "status": "VARCHAR",
-    },
-    "input.customers": {
-        "customer_id": "VARCHAR",
-        "name": "VARCHAR",
-        "country": "VARCHAR",
-        "segment": "VARCHAR",
-    },
-}
+SCHEMAS = EXAMPLE_INPUT_SCHEMAS
 Edges = dict[str, set[tuple[str, str, str]]]
 
 

@@ -23,22 +23,10 @@ from dataproduct.descriptor import load_descriptor
 from pipelines.model import Pipeline
 from pipelines.openlineage import OpenLineageEmitter, build_event, run_uuid
 from pipelines.planner import Plan, plan_pipeline
+from tests.unit.runtime_helpers import EXAMPLE_INPUT_SCHEMAS
 
 SCHEMAS = {
-    "input.orders": {
-        "order_id": "BIGINT",
-        "customer_id": "VARCHAR",
-        "order_date": "DATE",
-        "amount": "DOUBLE",
-        "currency": "VARCHAR",
-        "status": "VARCHAR",
-    },
-    "input.customers": {
-        "customer_id": "VARCHAR",
-        "name": "VARCHAR",
-        "country": "VARCHAR",
-        "segment": "VARCHAR",
-    },
+    **EXAMPLE_INPUT_SCHEMAS,
     "staging.orders_clean": {
         "order_id": "BIGINT",
         "customer_id": "VARCHAR",
