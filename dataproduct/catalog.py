@@ -139,12 +139,14 @@ def retire_version(
     return [table for _, table in expired]
 
 
-def older_versions(cursor: duckdb.DuckDBPyConnection, name: str) -> list[PublishedDataset]:
-    """The retired versions of a dataset still readable, newest first."""
+def older_versions(cursor: duckdb.DuckDBPyConnection, name: str | None) -> list[PublishedDataset]:
+    """The retired versions of a dataset (of every dataset with None) still readable,
+    newest first."""
     rows = cursor.execute(
         "SELECT name, 'output', sql, row_count, columns, updated_at, run_id, pipeline_version, "
-        "version, table_name FROM meta.dataset_versions WHERE name = ? ORDER BY version DESC",
-        [name],
+        "version, table_name FROM meta.dataset_versions WHERE ? IS NULL OR name = ? "
+        "ORDER BY name, version DESC",
+        [name, name],
     ).fetchall()
     return [
         PublishedDataset(
@@ -154,6 +156,12 @@ def older_versions(cursor: duckdb.DuckDBPyConnection, name: str) -> list[Publish
         )
         for r in rows
     ]  # fmt: skip
+
+
+def output_tables(cursor: duckdb.DuckDBPyConnection) -> dict[str, PublishedDataset]:
+    """Every readable table of the output layer and the dataset version it holds."""
+    datasets = published_datasets(cursor) + older_versions(cursor, None)
+    return {d.table_name: d for d in datasets}
 
 
 def forget_dataset(cursor: duckdb.DuckDBPyConnection, name: str) -> None:

@@ -1,4 +1,4 @@
-"""The `dataproduct` command: serve, init, validate, token."""
+"""The `dataproduct` command: serve, init, validate, token, apikey, gateway-config."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from dataproduct.descriptor import load_descriptor
+from dataproduct.cli_apikeys import add_apikey_command
+from dataproduct.descriptor import ProductDescriptor, load_descriptor
 from dataproduct.errors import DataproductError
-from dataproduct.security import SCOPES, issue_token
+from dataproduct.gateway import add_gateway_command
+from dataproduct.security import PORT_SCOPES, SCOPES, issue_token
 from dataproduct.settings import MIN_SECRET_LENGTH, DataproductSettings, get_settings
 
 EXAMPLE = "sales_eu"
@@ -72,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--group", action="append", default=[], help="repeatable")
     token.add_argument("--ttl", type=int, default=3600, help="seconds of validity")
     token.set_defaults(handler=_token)
+
+    add_apikey_command(commands)
+    add_gateway_command(commands)
     return parser
 
 
@@ -94,7 +99,7 @@ def _serve(args: argparse.Namespace) -> int:
     product_dir = args.dir or example_dir()
     runtime = ProductRuntime.open(product_dir, settings)
     if generated:
-        _print_session_tokens(settings, runtime.descriptor.name)
+        _print_session_tokens(settings, runtime.descriptor)
     # uvicorn stops gracefully on SIGTERM, then raises the signal again under the handler
     # that was there before it; this one makes that clean stop exit with code 0.
     signal.signal(signal.SIGTERM, _exit_cleanly)
@@ -105,6 +110,7 @@ def _serve(args: argparse.Namespace) -> int:
         workers=1,
         log_level=settings.log_level,
         proxy_headers=True,
+        root_path=settings.root_path,
     )
     return 0
 
@@ -114,15 +120,19 @@ def _exit_cleanly(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
-def _print_session_tokens(settings: DataproductSettings, name: str) -> None:
+def _print_session_tokens(settings: DataproductSettings, descriptor: ProductDescriptor) -> None:
+    """Tokens for trying each port; they carry every group the product grants to."""
     base = settings.base_url()
+    groups = sorted({g.group for g in descriptor.access if g.group})
     tokens = {
-        scope: issue_token(settings.jwt_secret, "local-admin", [scope], ttl_s=12 * 3600)
-        for scope in SCOPES
+        scope: issue_token(
+            settings.jwt_secret, "local-admin", [scope], groups=groups, ttl_s=12 * 3600
+        )
+        for scope in PORT_SCOPES
     }
     print(
         "\nNo DATAPRODUCT_JWT_SECRET was set: this session signs tokens with a random secret.\n"
-        "Tokens valid for 12 hours:\n"
+        f"Tokens valid for 12 hours, in the groups {', '.join(groups) or 'none'}:\n"
         + "".join(f"  {scope:14} {token}\n" for scope, token in tokens.items())
         + f"\nTry:\n  curl {base}/discovery\n"
         f"  curl -H 'Authorization: Bearer {tokens['output:read']}' "

@@ -19,6 +19,7 @@ from sqlglot import exp
 
 from dataproduct.cron import Cron, CronError
 from dataproduct.errors import DescriptorError
+from dataproduct.grants import GrantSpec
 from dataproduct.quality_rules import QualityRule, RuleField, duplicate_name
 
 DESCRIPTOR_FILE = "dataproduct.yaml"
@@ -120,20 +121,6 @@ class ModelSpec(_Strict):
         return self
 
 
-class AccessSpec(_Strict):
-    """A grant of a dataset to a group or a user."""
-
-    dataset: str
-    group: str | None = None
-    user: str | None = None
-
-    @model_validator(mode="after")
-    def _one_grantee(self) -> AccessSpec:
-        if (self.group is None) == (self.user is None):
-            raise ValueError("give exactly one of 'group' or 'user'")
-        return self
-
-
 class SourceConfig(BaseModel):
     """A source as written: its `type` picks the connector that validates the rest."""
 
@@ -159,7 +146,7 @@ class ProductDescriptor(_Strict):
     pipeline: list[ModelSpec] = []
     dialect: str | None = None
     datasets: dict[str, DatasetSpec] = {}
-    access: list[AccessSpec] = []
+    access: list[GrantSpec] = []
     schedule: str | None = None
 
     @field_validator("domain")
@@ -216,11 +203,15 @@ class ProductDescriptor(_Strict):
             elif name in self.sources:
                 problem(("pipeline", index, "name"), name, f"a source is named '{name}' too")
         for index, grant in enumerate(self.access):
-            if grant.dataset not in self.datasets and grant.dataset not in names:
+            if grant.dataset is not None and grant.dataset not in {*self.datasets, *names}:
                 problem(
                     ("access", index, "dataset"),
                     grant.dataset,
                     f"unknown dataset '{grant.dataset}'",
+                )
+            if grant.source is not None and grant.source not in self.sources:
+                problem(
+                    ("access", index, "source"), grant.source, f"unknown source '{grant.source}'"
                 )
         if problems:
             raise PydanticValidationError.from_exception_data(type(self).__name__, problems)

@@ -1,6 +1,8 @@
 """What a product tells the world about itself: identity, ports, datasets, lineage.
 
-The same documents serve the discovery port (JSON and HTML) and the marketplace.
+The same documents serve the discovery port (JSON and HTML) and the marketplace. Every
+caller sees each dataset's summary; the details (schema, SQL, quality, versions) only of
+the datasets it may read (a `public` dataset: anyone).
 """
 
 from __future__ import annotations
@@ -9,8 +11,10 @@ from typing import Any
 
 from dataproduct.catalog import PublishedDataset, older_versions, published_datasets
 from dataproduct.descriptor import DatasetSpec, ProductDescriptor
+from dataproduct.policy import DatasetAccess, Policy
 from dataproduct.quality_rules import rules_to_raw
 from dataproduct.quality_store import published_quality
+from dataproduct.security import ANONYMOUS, Principal
 from dataproduct.storage import Storage
 
 
@@ -19,9 +23,14 @@ def product_document(
     storage: Storage,
     base_url: str,
     sources: dict[str, dict[str, Any]],
+    policy: Policy | None = None,
+    principal: Principal = ANONYMOUS,
 ) -> dict[str, Any]:
     """The product: identity, owner, ports with URLs and a summary of its datasets."""
-    datasets = [dataset_summary(d, descriptor, base_url) for d in _published(storage)]
+    datasets = [
+        {**dataset_summary(d, descriptor, base_url), "access": _access(policy, principal, d.name)}
+        for d in _published(storage)
+    ]
     return {
         "name": descriptor.name,
         "domain": descriptor.domain,
@@ -64,17 +73,40 @@ def dataset_summary(
     }
 
 
+def access_summary(access: DatasetAccess | None, public: bool) -> dict[str, Any]:
+    """What the caller may see of a dataset: readable, masked columns, filtered rows."""
+    return {
+        "public": public,
+        "readable": access is not None,
+        "masked_columns": sorted(access.masks) if access else [],
+        "row_filter": access is not None and access.row_filter is not None,
+    }
+
+
+def _access(policy: Policy | None, principal: Principal, name: str) -> dict[str, Any]:
+    if policy is None:
+        return access_summary(DatasetAccess(name), public=False)
+    return access_summary(policy.read_access(principal, name), policy.is_public(name))
+
+
 def dataset_document(
     dataset: PublishedDataset,
     descriptor: ProductDescriptor,
     base_url: str,
     storage: Storage | None = None,
+    policy: Policy | None = None,
+    principal: Principal = ANONYMOUS,
 ) -> dict[str, Any]:
     """One dataset in full: schema with documentation, size, freshness, SQL, lineage, quality.
 
     The quality status is that of the checks of the run that published the data, read from
-    `storage` (`unknown` without it).
+    `storage` (`unknown` without it). With a `policy`, a caller who may not read the
+    dataset gets its summary only.
     """
+    summary = dataset_summary(dataset, descriptor, base_url)
+    access = summary["access"] = _access(policy, principal, dataset.name)
+    if not access["readable"]:
+        return summary
     spec = descriptor.datasets.get(dataset.name, DatasetSpec())
     quality = {"rules": rules_to_raw(spec.quality), "status": "unknown", "results": []}
     older: list[PublishedDataset] = []
@@ -96,7 +128,7 @@ def dataset_document(
             }
         )
     return {
-        **dataset_summary(dataset, descriptor, base_url),
+        **summary,
         "columns": columns,
         "quality": quality["rules"],
         "quality_status": quality["status"],
@@ -128,7 +160,14 @@ def _published(storage: Storage) -> list[PublishedDataset]:
 
 
 def dataset_documents(
-    descriptor: ProductDescriptor, storage: Storage, base_url: str
+    descriptor: ProductDescriptor,
+    storage: Storage,
+    base_url: str,
+    policy: Policy | None = None,
+    principal: Principal = ANONYMOUS,
 ) -> list[dict[str, Any]]:
-    """Every published dataset in full."""
-    return [dataset_document(d, descriptor, base_url, storage) for d in _published(storage)]
+    """Every published dataset: in full where the caller may read it."""
+    return [
+        dataset_document(d, descriptor, base_url, storage, policy, principal)
+        for d in _published(storage)
+    ]

@@ -17,6 +17,7 @@ class DataproductError(Exception):
     status = 500
     code = "internal_error"
     transient = False
+    retry_after_s: int | None = None
 
     def __init__(self, message: str, *, where: str | None = None, **details: Any) -> None:
         super().__init__(message)
@@ -139,3 +140,21 @@ class NotReadyError(DataproductError):
     status = 503
     code = "not_ready"
     transient = True
+
+
+class RateLimitedError(DataproductError):
+    """The caller made too many requests; `retry_after_s` says when to try again."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: int, **details: Any) -> None:
+        super().__init__(message, where="rate_limit", **details)
+        self.retry_after_s = retry_after_s
+
+
+class QueryTimeoutError(DataproductError):
+    """A query ran past the configured time and was stopped."""
+
+    status = 504
+    code = "query_timeout"

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import json
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,9 +22,22 @@ import duckdb
 import pyarrow as pa
 from sqlglot import exp
 
-from dataproduct.catalog import PublishedDataset, older_versions, published_dataset
-from dataproduct.errors import BadRequestError, ConflictError, NotFoundError, SqlRejectedError
-from dataproduct.sqlguard import GuardContext, SqlGuard
+from dataproduct.catalog import (
+    PublishedDataset,
+    older_versions,
+    output_tables,
+    published_dataset,
+)
+from dataproduct.errors import (
+    BadRequestError,
+    ConflictError,
+    NotFoundError,
+    PermissionDeniedError,
+    QueryTimeoutError,
+    SqlRejectedError,
+)
+from dataproduct.policy import DatasetAccess
+from dataproduct.sqlguard import GuardContext, SqlGuard, position
 from dataproduct.storage import Storage, translate
 
 BATCH_ROWS = 1 << 17
@@ -75,14 +92,74 @@ def select_columns(dataset: PublishedDataset, columns: list[str] | None) -> list
     return [by_name[c] for c in dict.fromkeys(columns)]
 
 
-def _projection(columns: list[dict[str, Any]], text_nested: bool) -> list[exp.Expr]:
+def column_value(column: dict[str, Any], access: DatasetAccess | None) -> exp.Expr:
+    """A column as the reader may see it: itself, null (typed) or a keyed hash."""
+    ref: exp.Expr = exp.column(column["name"], quoted=True)
+    mask = access.masks.get(column["name"]) if access else None
+    if mask == "null":
+        return exp.cast(exp.null(), exp.DataType.build(column["type"], dialect="duckdb"))
+    if mask == "hash":
+        assert access is not None
+        salted = exp.DPipe(
+            this=exp.Literal.string(access.salt), expression=exp.cast(ref, "VARCHAR")
+        )
+        return exp.Anonymous(this="sha256", expressions=[salted])
+    return ref
+
+
+def _masked(column: dict[str, Any], access: DatasetAccess | None) -> bool:
+    return bool(access and column["name"] in access.masks)
+
+
+def _projection(
+    columns: list[dict[str, Any]], text_nested: bool, access: DatasetAccess | None
+) -> list[exp.Expr]:
     out: list[exp.Expr] = []
     for column in columns:
-        ref: exp.Expr = exp.column(column["name"], quoted=True)
+        value = column_value(column, access)
         if text_nested and any(mark in column["type"] for mark in _NESTED):
-            ref = exp.alias_(exp.cast(ref, "VARCHAR"), column["name"], quoted=True)
-        out.append(ref)
+            value = exp.cast(value, "VARCHAR")
+        out.append(exp.alias_(value, column["name"], quoted=True))
     return out
+
+
+def _visible_rows(query: exp.Select, access: DatasetAccess | None) -> exp.Select:
+    """The query restricted to the rows the reader may see."""
+    if access is None or access.row_filter is None:
+        return query
+    return query.where(access.row_filter.copy())
+
+
+@contextmanager
+def deadline(cursor: duckdb.DuckDBPyConnection, seconds: float | None) -> Iterator[None]:
+    """Interrupt the cursor's statement after `seconds`; QueryTimeoutError (504) if it was."""
+    if seconds is None:
+        yield
+        return
+    timer = threading.Timer(seconds, cursor.interrupt)
+    timer.start()
+    try:
+        yield
+    except duckdb.InterruptException:
+        raise QueryTimeoutError(
+            f"the query ran longer than {seconds:g} s and was stopped", where="sql"
+        ) from None
+    finally:
+        timer.cancel()
+
+
+def _first_batch_read(
+    cursor: duckdb.DuckDBPyConnection, sql: str, timeout_s: float | None
+) -> pa.RecordBatchReader:
+    """A reader whose first batch was computed already: errors and timeouts surface here,
+    before a response starts, instead of cutting a stream short."""
+    with deadline(cursor, timeout_s):
+        reader = cursor.sql(sql).to_arrow_reader(batch_size=BATCH_ROWS)
+        try:
+            first = [reader.read_next_batch()]
+        except StopIteration:
+            first = []
+    return pa.RecordBatchReader.from_batches(reader.schema, itertools.chain(first, reader))
 
 
 def open_stream(
@@ -93,40 +170,47 @@ def open_stream(
     limit: int | None = None,
     nested_as_text: bool = False,
     json_lines: bool = False,
+    access: DatasetAccess | None = None,
+    timeout_s: float | None = None,
 ) -> tuple[duckdb.DuckDBPyConnection, pa.RecordBatchReader]:
-    """A cursor (the caller closes it) and a reader over the dataset's rows, in table order.
+    """A cursor (the caller closes it) and a reader over the rows the reader may see, in
+    table order, with masked columns masked.
 
     `json_lines` gives one column of newline-terminated JSON objects instead.
     """
     table = exp.table_(dataset.table_name, db="output", quoted=True)
     if json_lines:
-        query = exp.select(_json_object(columns).as_("line")).from_(table)
+        query = exp.select(_json_object(columns, access).as_("line")).from_(table)
     else:
-        query = exp.select(*_projection(columns, nested_as_text)).from_(table)
+        query = exp.select(*_projection(columns, nested_as_text, access)).from_(table)
+    query = _visible_rows(query, access)
     if limit is not None:
         query = query.limit(limit)
     cursor = storage.cursor()
     try:
-        reader = cursor.sql(query.sql("duckdb")).to_arrow_reader(batch_size=BATCH_ROWS)
+        reader = _first_batch_read(cursor, query.sql("duckdb"), timeout_s)
+    except duckdb.Error as error:
+        cursor.close()
+        raise translate(error) from None
     except BaseException:
         cursor.close()
         raise
     return cursor, reader
 
 
-def _json_object(columns: list[dict[str, Any]]) -> exp.Expr:
+def _json_object(columns: list[dict[str, Any]], access: DatasetAccess | None = None) -> exp.Expr:
     """`to_json({...})::VARCHAR || chr(10)`: one JSON line per row, typed by DuckDB."""
     newline = exp.Anonymous(this="chr", expressions=[exp.Literal.number(10)])
-    return exp.DPipe(this=_json_text(columns), expression=newline)
+    return exp.DPipe(this=_json_text(columns, access), expression=newline)
 
 
-def _json_text(columns: list[dict[str, Any]]) -> exp.Expr:
+def _json_text(columns: list[dict[str, Any]], access: DatasetAccess | None = None) -> exp.Expr:
     """`to_json({...})::VARCHAR`: the row as a JSON object, typed by DuckDB."""
     struct = exp.Struct(
         expressions=[
             exp.PropertyEQ(
                 this=exp.to_identifier(c["name"], quoted=True),
-                expression=_json_value(c),
+                expression=_json_value(c, access),
             )
             for c in columns
         ]
@@ -134,13 +218,13 @@ def _json_text(columns: list[dict[str, Any]]) -> exp.Expr:
     return exp.cast(exp.Anonymous(this="to_json", expressions=[struct]), "VARCHAR")
 
 
-def _json_value(column: dict[str, Any]) -> exp.Expr:
+def _json_value(column: dict[str, Any], access: DatasetAccess | None) -> exp.Expr:
     """A column as JSON may carry it: NaN and infinities (not JSON) become null."""
-    ref = exp.column(column["name"], quoted=True)
-    if column["type"].upper() not in _FLOATS:
-        return ref
-    finite = exp.Anonymous(this="isfinite", expressions=[ref.copy()])
-    return exp.Case(ifs=[exp.If(this=finite, true=ref)])
+    value = column_value(column, access)
+    if column["type"].upper() not in _FLOATS or _masked(column, access):
+        return value
+    finite = exp.Anonymous(this="isfinite", expressions=[value.copy()])
+    return exp.Case(ifs=[exp.If(this=finite, true=value)])
 
 
 def read_page(
@@ -150,18 +234,22 @@ def read_page(
     *,
     limit: int,
     cursor_token: str | None,
+    access: DatasetAccess | None = None,
+    timeout_s: float | None = None,
 ) -> Page:
-    """One page of rows as JSON objects, in table order, after the cursor."""
+    """One page of the rows the reader may see, as JSON objects, in table order, after the
+    cursor."""
     after = decode_cursor(cursor_token, dataset) if cursor_token else -1
     table = exp.table_(dataset.table_name, db="output", quoted=True)
     query = (
-        exp.select(exp.column("rowid"), _json_text(columns))
+        exp.select(exp.column("rowid"), _json_text(columns, access))
         .from_(table)
         .where(exp.column("rowid") > exp.Literal.number(after))
         .order_by(exp.column("rowid"))
         .limit(limit + 1)
     )
-    with storage.reader() as cursor:
+    query = _visible_rows(query, access)
+    with storage.reader() as cursor, deadline(cursor, timeout_s):
         rows = cursor.execute(query.sql("duckdb")).fetchall()
     has_more = len(rows) > limit
     rows = rows[:limit]
@@ -207,9 +295,62 @@ def guarded_query(sql: str) -> exp.Query:
     return result.tree
 
 
-def query_page(storage: Storage, query: exp.Query, limit: int) -> tuple[list[str], bool]:
-    """Up to `limit` rows of a guarded query as JSON text, and whether more were left."""
+def restrict_query(
+    storage: Storage, query: exp.Query, access_for: Callable[[str], DatasetAccess]
+) -> exp.Query:
+    """A guarded query over only what the reader may see.
+
+    Each output table it names becomes the reader's view of that dataset (masked columns,
+    allowed rows). A table that is not a published dataset, a dataset without a read grant
+    (`access_for` raises), or a masked column named in the query is refused.
+    """
+    query = query.copy()
     with storage.reader() as cursor:
+        tables = output_tables(cursor)
+    masked: dict[str, str] = {}
+    views: list[tuple[exp.Table, PublishedDataset, DatasetAccess]] = []
+    for table in list(query.find_all(exp.Table)):
+        if table.db.lower() != "output":
+            continue
+        dataset = tables.get(table.name)
+        if dataset is None:
+            raise SqlRejectedError(
+                f"there is no dataset '{table.name}' in the output layer", where=_at(table)
+            )
+        access = access_for(dataset.name)
+        masked |= {column: dataset.name for column in access.masks}
+        views.append((table, dataset, access))
+    for column in query.find_all(exp.Column):
+        if column.name in masked:
+            raise PermissionDeniedError(
+                f"the column '{column.name}' of {masked[column.name]} is masked for you; "
+                "it cannot be named in a query",
+                where=_at(column),
+            )
+    for table, dataset, access in views:
+        if access.restricted:
+            table.replace(_view(table, dataset, access))
+    return query
+
+
+def _view(table: exp.Table, dataset: PublishedDataset, access: DatasetAccess) -> exp.Subquery:
+    """`(SELECT <masked columns> FROM output.t WHERE <filter>) AS <alias>`."""
+    source = exp.table_(dataset.table_name, db="output", quoted=True)
+    select = exp.select(*_projection(dataset.columns, False, access)).from_(source)
+    alias = table.args.get("alias") or exp.TableAlias(this=exp.to_identifier(table.name))
+    return exp.Subquery(this=_visible_rows(select, access), alias=alias.copy())
+
+
+def _at(node: exp.Expr) -> str:
+    line, column = position(node)
+    return f"sql, line {line}, column {column}" if line else "sql"
+
+
+def query_page(
+    storage: Storage, query: exp.Query, limit: int, timeout_s: float | None = None
+) -> tuple[list[str], bool]:
+    """Up to `limit` rows of a guarded query as JSON text, and whether more were left."""
+    with storage.reader() as cursor, deadline(cursor, timeout_s):
         row_json = _json_text(_query_columns(cursor, query))
         wrapped = exp.select(row_json).from_(query.subquery("q")).limit(limit + 1)
         rows = cursor.execute(wrapped.sql("duckdb")).fetchall()
@@ -217,7 +358,12 @@ def query_page(storage: Storage, query: exp.Query, limit: int) -> tuple[list[str
 
 
 def open_query_stream(
-    storage: Storage, query: exp.Query, *, limit: int | None, json_lines: bool
+    storage: Storage,
+    query: exp.Query,
+    *,
+    limit: int | None,
+    json_lines: bool,
+    timeout_s: float | None = None,
 ) -> tuple[duckdb.DuckDBPyConnection, pa.RecordBatchReader]:
     """A cursor and a reader over a guarded query's rows."""
     cursor = storage.cursor()
@@ -229,10 +375,13 @@ def open_query_stream(
         statement = outer.from_(query.subquery("q"))
         if limit is not None:
             statement = statement.limit(limit)
-        reader = cursor.sql(statement.sql("duckdb")).to_arrow_reader(batch_size=BATCH_ROWS)
+        reader = _first_batch_read(cursor, statement.sql("duckdb"), timeout_s)
     except duckdb.Error as error:
         cursor.close()
         raise translate(error) from None
+    except BaseException:
+        cursor.close()
+        raise
     return cursor, reader
 
 

@@ -16,7 +16,8 @@ from dataproduct.errors import AuthenticationError, PermissionDeniedError
 from dataproduct.oidc import key_set_for
 from dataproduct.settings import DataproductSettings
 
-SCOPES = ("output:read", "input:write", "control:admin")
+PORT_SCOPES = ("output:read", "input:write", "control:admin")
+SCOPES = (*PORT_SCOPES, "metrics:read")
 LEEWAY_S = 30
 
 
@@ -27,10 +28,17 @@ class Principal:
     subject: str
     scopes: frozenset[str] = field(default_factory=frozenset)
     groups: frozenset[str] = field(default_factory=frozenset)
+    roles: frozenset[str] = field(default_factory=frozenset)
+
+    def allows(self, scope: str) -> bool:
+        """Whether the credential permits `scope`: a credential naming any of our scopes is
+        limited to those; one naming none (an organisation's token) is limited by grants
+        and roles alone."""
+        return scope in self.scopes or not (self.scopes & frozenset(SCOPES))
 
     def require(self, scope: str) -> None:
-        """PermissionDeniedError unless the principal holds `scope`."""
-        if scope not in self.scopes:
+        """PermissionDeniedError unless the credential permits `scope`."""
+        if not self.allows(scope):
             raise PermissionDeniedError(
                 f"this needs the scope '{scope}'; the token has: "
                 f"{', '.join(sorted(self.scopes)) or 'none'}",
@@ -47,6 +55,7 @@ def issue_token(
     scopes: list[str],
     *,
     groups: list[str] | None = None,
+    roles: list[str] | None = None,
     ttl_s: int = 3600,
     issuer: str | None = None,
     audience: str | None = None,
@@ -62,6 +71,8 @@ def issue_token(
     }
     if groups:
         claims["groups"] = groups
+    if roles:
+        claims["roles"] = roles
     if issuer:
         claims["iss"] = issuer
     if audience:
@@ -129,6 +140,7 @@ def verify_token(settings: DataproductSettings, token: str) -> Principal:
         subject=str(claims["sub"]),
         scopes=frozenset(scopes),
         groups=frozenset(_as_list(claim_value(claims, settings.jwt_groups_claim))),
+        roles=frozenset(_as_list(claim_value(claims, settings.jwt_roles_claim))),
     )
 
 

@@ -29,6 +29,7 @@ class DataproductSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
     public_url: str | None = None
+    root_path: str = Field(default="", pattern=r"^(/[A-Za-z0-9._~-]+)*$")
     data_dir: Path = Path(".dataproduct")
     jwt_secret: str = ""
     jwt_issuer: str | None = None
@@ -37,6 +38,20 @@ class DataproductSettings(BaseSettings):
     oidc_issuer: str | None = None
     jwks_url: str | None = None
     jwt_groups_claim: str = "groups"
+    jwt_roles_claim: str = "roles"
+    admin_roles: list[str] = ["dataproduct-admin"]
+    discovery_public: bool = True
+    rate_limit_per_s: float = Field(default=50.0, ge=0)
+    rate_limit_burst: int = Field(default=100, ge=1)
+    query_timeout_s: float = Field(default=30.0, gt=0)
+    audit_buffer_records: int = Field(default=100_000, ge=100)
+    cors_origins: list[str] = []
+    security_headers: bool = True
+    content_security_policy: str = (
+        "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
+        "frame-ancestors 'none'"
+    )
+    hsts_seconds: int = Field(default=0, ge=0)
     max_upload_bytes: int = Field(default=1024 * 1024 * 1024, ge=1)
     max_json_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
     max_page_rows: int = Field(default=10_000, ge=1)
@@ -59,11 +74,12 @@ class DataproductSettings(BaseSettings):
         return value.rstrip("/") if value else value
 
     def base_url(self) -> str:
-        """The URL this product gives out in every link."""
+        """The URL this product gives out in every link: `public_url` when it is behind a
+        gateway, else its own address plus `root_path`."""
         if self.public_url:
             return self.public_url
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host  # noqa: S104
-        return f"http://{host}:{self.port}"
+        return f"http://{host}:{self.port}{self.root_path}"
 
     def oidc_configured(self) -> bool:
         """Whether tokens may come from an OIDC issuer (an issuer or a JWKS URL is set)."""

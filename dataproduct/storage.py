@@ -63,6 +63,10 @@ def memory_connection() -> Connect:
     return lambda: duckdb.connect(":memory:", config=locked_config(None, None, None))
 
 
+class WriterBusy(Exception):
+    """The single writer is in use (a non-waiting transaction was asked for)."""
+
+
 class Storage:
     """Owns the product database: serialized writes, snapshot readers, errors translated."""
 
@@ -93,9 +97,14 @@ class Storage:
         return self._root.cursor()
 
     @contextmanager
-    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """The single writer, inside one transaction: committed whole or rolled back."""
-        with self._write_lock:
+    def transaction(self, *, wait: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The single writer, inside one transaction: committed whole or rolled back.
+
+        With `wait=False`, WriterBusy is raised at once when another transaction is open.
+        """
+        if not self._write_lock.acquire(blocking=wait):
+            raise WriterBusy
+        try:
             cursor = self._writer
             cursor.execute("BEGIN TRANSACTION")
             try:
@@ -110,6 +119,8 @@ class Storage:
                     cursor.execute("COMMIT")
                 except duckdb.Error as error:
                     raise translate(error) from None
+        finally:
+            self._write_lock.release()
 
     def interrupt(self) -> None:
         """Stop the statement the writer is running (used to cancel a run)."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dataproduct.access import AccessControl
 from dataproduct.catalog import create_meta_tables
 from dataproduct.connector import Connector, SourceContext, build_connectors
 from dataproduct.cron import Cron
@@ -69,6 +70,7 @@ class ProductRuntime:
         )
         with storage.transaction() as cursor:
             create_meta_tables(cursor)
+        self.access = AccessControl(descriptor, storage, settings)
         self.emitter = OpenLineageEmitter(
             descriptor.name,
             url=settings.openlineage_url,
@@ -119,6 +121,7 @@ class ProductRuntime:
                 self.runs.cancel(active.id)
             active.done.wait(10)
         self.emitter.close()
+        self.access.close()
         self.storage.close()
 
     # sources -------------------------------------------------------------------------
@@ -150,10 +153,8 @@ class ProductRuntime:
             )
         return results
 
-    def push(
-        self, name: str, path: Path, file_format: FileFormat, principal: str, mode: str | None
-    ) -> Ingestion:
-        """Load a pushed file into `input.<name>` (all rows or none)."""
+    def push_source(self, name: str) -> Connector:
+        """A source that receives pushed data: 404 if undeclared, 409 if it pulls."""
         connector = self.source(name)
         if connector.pulls:
             raise ConflictError(
@@ -161,6 +162,13 @@ class ProductRuntime:
                 "declare a source of type 'push' to receive data",
                 where=f"sources/{name}",
             )
+        return connector
+
+    def push(
+        self, name: str, path: Path, file_format: FileFormat, principal: str, mode: str | None
+    ) -> Ingestion:
+        """Load a pushed file into `input.<name>` (all rows or none)."""
+        connector = self.push_source(name)
         return load_stream(
             self.storage,
             name,

@@ -9,11 +9,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import RedirectResponse
 
 from pipelines.runtime import ProductRuntime
-from ports import control, discovery, health, input, output, quality
+from ports import control, discovery, health, input, metrics, output, quality, security
 from ports.errors import install_error_handlers
+from ports.gateway import GatewayMiddleware
 
 log = logging.getLogger("dataproduct")
 
@@ -39,9 +41,21 @@ def create_app(runtime: ProductRuntime, *, start: bool = True) -> FastAPI:
     )
     app.state.runtime = runtime
     install_error_handlers(app)
-    routers = (health, discovery, output, input, control, quality)
+    routers = (health, discovery, output, input, control, quality, security, metrics)
     for router in (module.router for module in routers):
         app.include_router(router)
+
+    settings = runtime.settings
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-API-Key"],
+            expose_headers=["Location", "Retry-After", "X-Request-Id"],
+            max_age=600,
+        )
+    app.add_middleware(GatewayMiddleware, access=runtime.access, settings=settings)
 
     @app.get("/", include_in_schema=False, response_model=None)
     async def root(request: Request) -> Any:

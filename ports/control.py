@@ -15,10 +15,10 @@ from dataproduct.security import Principal
 from pipelines.model import Pipeline
 from pipelines.planner import PipelineRejectedError
 from pipelines.store import list_versions
-from ports.auth import require_scope, runtime_of
+from ports.auth import require_admin, runtime_of
 
 router = APIRouter(prefix="/control", tags=["control"])
-Admin = Annotated[Principal, Depends(require_scope("control:admin"))]
+Admin = Annotated[Principal, Depends(require_admin)]
 
 
 class PipelineBody(BaseModel):

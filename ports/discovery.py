@@ -1,19 +1,24 @@
-"""The discovery port: what the product is and holds, as JSON or as a page for people."""
+"""The discovery port: what the product is and holds, as JSON or as a page for people.
+
+Open by default (`discovery_public`). Everyone sees every dataset's summary; the details
+only of datasets the caller may read, or that are tagged `public`.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from dataproduct.discovery import dataset_document, dataset_documents, product_document
 from dataproduct.reading import find_dataset
-from pipelines.runtime import ProductRuntime
-from ports.auth import runtime_of
+from dataproduct.security import Principal
+from ports.auth import optional_principal, runtime_of
 from ports.pages import product_page
 
 router = APIRouter(prefix="/discovery", tags=["discovery"])
+Caller = Annotated[Principal, Depends(optional_principal)]
 
 
 def _wants_html(request: Request) -> bool:
@@ -23,47 +28,50 @@ def _wants_html(request: Request) -> bool:
     return "text/html" in accept or request.query_params.get("format") == "html"
 
 
-def _product(runtime: ProductRuntime) -> dict[str, Any]:
-    sources = {name: c.describe() for name, c in runtime.connectors.items()}
-    return product_document(
-        runtime.descriptor, runtime.storage, runtime.settings.base_url(), sources
-    )
-
-
 @router.get("", response_model=None)
-def discover(request: Request) -> HTMLResponse | JSONResponse:
+def discover(request: Request, caller: Caller) -> HTMLResponse | JSONResponse:
     """The product: identity, owner, ports with URLs, datasets summary."""
     runtime = runtime_of(request)
-    document = _product(runtime)
+    base_url, policy = runtime.settings.base_url(), runtime.access.policy
+    sources = {name: c.describe() for name, c in runtime.connectors.items()}
+    document = product_document(
+        runtime.descriptor, runtime.storage, base_url, sources, policy, caller
+    )
     if _wants_html(request):
-        details = dataset_documents(
-            runtime.descriptor, runtime.storage, runtime.settings.base_url()
-        )
+        details = dataset_documents(runtime.descriptor, runtime.storage, base_url, policy, caller)
         return HTMLResponse(product_page(document, details))
     return JSONResponse(document)
 
 
 @router.get("/datasets")
-def datasets(request: Request) -> dict[str, Any]:
-    """Every published dataset with its schema, size, freshness and SQL."""
+def datasets(request: Request, caller: Caller) -> dict[str, Any]:
+    """Every published dataset: schema, size, freshness and SQL where the caller may see them."""
     runtime = runtime_of(request)
-    documents = dataset_documents(runtime.descriptor, runtime.storage, runtime.settings.base_url())
+    documents = dataset_documents(
+        runtime.descriptor,
+        runtime.storage,
+        runtime.settings.base_url(),
+        runtime.access.policy,
+        caller,
+    )
     return {"datasets": documents}
 
 
 @router.get("/datasets/{name}")
-def dataset(name: str, request: Request) -> dict[str, Any]:
-    """One dataset in full."""
+def dataset(name: str, request: Request, caller: Caller) -> dict[str, Any]:
+    """One dataset: in full where the caller may read it, else its summary."""
     runtime = runtime_of(request)
     return dataset_document(
         find_dataset(runtime.storage, name),
         runtime.descriptor,
         runtime.settings.base_url(),
         runtime.storage,
+        runtime.access.policy,
+        caller,
     )
 
 
 @router.get("/lineage")
-def lineage(request: Request) -> dict[str, Any]:
+def lineage(request: Request, caller: Caller) -> dict[str, Any]:
     """Table- and column-level lineage from the sources through the models to the outputs."""
     return runtime_of(request).lineage()

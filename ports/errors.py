@@ -26,6 +26,7 @@ _HTTP_CODES = {
     415: "unsupported_media_type",
     422: "invalid_input",
     429: "too_many_requests",
+    504: "gateway_timeout",
 }
 
 
@@ -34,8 +35,8 @@ def error_response(error: DataproductError) -> JSONResponse:
     headers = {}
     if isinstance(error, AuthenticationError):
         headers["WWW-Authenticate"] = 'Bearer realm="dataproduct"'
-    if error.transient:
-        headers["Retry-After"] = "5"
+    if error.retry_after_s is not None or error.transient:
+        headers["Retry-After"] = str(error.retry_after_s or 5)
     return JSONResponse(error.to_dict(), status_code=error.status, headers=headers)
 
 

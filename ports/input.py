@@ -96,7 +96,9 @@ async def push(
 ) -> JSONResponse:
     """Load the body (a file, or JSON records) into `input.<source>`: all rows or none."""
     runtime = runtime_of(request)
-    declared = getattr(runtime.source(source).spec, "format", None)  # 404 before the body
+    # 404, 409 and 403 before reading the body
+    declared = getattr(runtime.push_source(source).spec, "format", None)
+    runtime.access.require_write(principal, source)
     chosen = body_format(request.headers.get("content-type"), format, declared)
     path = await spool_body(request, runtime.upload_dir(), runtime.settings.max_upload_bytes)
     try:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Annotated, Any
 
+import pyarrow as pa
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,6 +20,7 @@ from dataproduct.reading import (
     open_stream,
     query_page,
     read_page,
+    restrict_query,
     select_columns,
 )
 from dataproduct.security import Principal
@@ -64,8 +67,14 @@ def negotiate(format_param: str | None, accept: str | None) -> str:
 def list_datasets(request: Request, principal: Reader) -> dict[str, Any]:
     """Datasets this principal may read, with schema and links."""
     runtime = runtime_of(request)
-    documents = dataset_documents(runtime.descriptor, runtime.storage, runtime.settings.base_url())
-    return {"datasets": documents}
+    documents = dataset_documents(
+        runtime.descriptor,
+        runtime.storage,
+        runtime.settings.base_url(),
+        runtime.access.policy,
+        principal,
+    )
+    return {"datasets": [d for d in documents if d["access"]["readable"]]}
 
 
 @router.get("/datasets/{name}", response_model=None)
@@ -84,10 +93,21 @@ def read_dataset(
     settings = runtime.settings
     chosen = negotiate(format, request.headers.get("accept"))
     dataset = find_dataset(runtime.storage, name, version)
+    access = runtime.access.read_access(principal, name)
     wanted = select_columns(dataset, _split(columns))
+    request.state.dataset = dataset.name
     if chosen == "json":
         page_size = min(limit or settings.default_page_rows, settings.max_page_rows)
-        page = read_page(runtime.storage, dataset, wanted, limit=page_size, cursor_token=cursor)
+        page = read_page(
+            runtime.storage,
+            dataset,
+            wanted,
+            limit=page_size,
+            cursor_token=cursor,
+            access=access,
+            timeout_s=settings.query_timeout_s,
+        )
+        request.state.rows = len(page.rows_json)
         envelope = {
             "dataset": dataset.name,
             "version": dataset.version,
@@ -106,10 +126,12 @@ def read_dataset(
         limit=limit,
         nested_as_text=chosen == "csv",
         json_lines=chosen == "ndjson",
+        access=access,
+        timeout_s=settings.query_timeout_s,
     )
     extension = "arrows" if chosen == "arrow" else chosen
     return StreamingResponse(
-        encode_batches(reader, chosen, db_cursor),
+        encode_batches(counted(reader, request), chosen, db_cursor),
         media_type=MEDIA_TYPES[chosen],
         headers={"Content-Disposition": f'inline; filename="{dataset.name}.{extension}"'},
     )
@@ -147,14 +169,37 @@ def query(body: QueryRequest, request: Request, principal: Reader) -> Response:
     runtime = runtime_of(request)
     settings = runtime.settings
     chosen = negotiate(body.format, request.headers.get("accept"))
-    statement = guarded_query(body.sql)
+    statement = restrict_query(
+        runtime.storage,
+        guarded_query(body.sql),
+        lambda dataset: runtime.access.read_access(principal, dataset),
+    )
+    timeout_s = settings.query_timeout_s
     if chosen == "json":
         limit = min(body.limit or settings.max_page_rows, settings.max_page_rows)
-        rows, truncated = query_page(runtime.storage, statement, limit)
+        rows, truncated = query_page(runtime.storage, statement, limit, timeout_s)
+        request.state.rows = len(rows)
         return _json_page(rows, {"limit": limit, "truncated": truncated})
     db_cursor, reader = open_query_stream(
-        runtime.storage, statement, limit=body.limit, json_lines=chosen == "ndjson"
+        runtime.storage,
+        statement,
+        limit=body.limit,
+        json_lines=chosen == "ndjson",
+        timeout_s=timeout_s,
     )
     return StreamingResponse(
-        encode_batches(reader, chosen, db_cursor), media_type=MEDIA_TYPES[chosen]
+        encode_batches(counted(reader, request), chosen, db_cursor),
+        media_type=MEDIA_TYPES[chosen],
     )
+
+
+def counted(reader: pa.RecordBatchReader, request: Request) -> pa.RecordBatchReader:
+    """The same batches, counting rows on `request.state` for the audit log and metrics."""
+    request.state.rows = 0
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for batch in reader:
+            request.state.rows += batch.num_rows
+            yield batch
+
+    return pa.RecordBatchReader.from_batches(reader.schema, batches())

@@ -42,7 +42,18 @@ def _older(dataset: dict[str, Any]) -> str:
     return f" · older versions: {links}"
 
 
+def _restricted(dataset: dict[str, Any]) -> str:
+    return (
+        f'<section id="{escape(dataset["name"])}"><h2>{escape(dataset["name"])}</h2>'
+        f"<p>{escape(dataset['description'])} {_tags(dataset['tags'])}</p>"
+        "<p class='meta'>restricted: ask the owner for access to see its schema and rows</p>"
+        "</section>"
+    )
+
+
 def _dataset(dataset: dict[str, Any]) -> str:
+    if "columns" not in dataset:
+        return _restricted(dataset)
     rows_url = escape(dataset["links"]["rows"])
     return (
         f'<section id="{escape(dataset["name"])}"><h2>{escape(dataset["name"])}</h2>'

@@ -11,10 +11,10 @@ from dataproduct.catalog import published_datasets
 from dataproduct.quality_store import find_results, quality_overview, replace_rules
 from dataproduct.security import Principal
 from pipelines.runtime import ProductRuntime
-from ports.auth import require_scope, runtime_of
+from ports.auth import require_admin, runtime_of
 
 router = APIRouter(prefix="/control", tags=["control"])
-Admin = Annotated[Principal, Depends(require_scope("control:admin"))]
+Admin = Annotated[Principal, Depends(require_admin)]
 
 
 class RulesBody(BaseModel):

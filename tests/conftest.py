@@ -32,8 +32,11 @@ def skip_or_fail(reason: str) -> None:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> DataproductSettings:
-    """Settings whose data lives in this test's temporary folder."""
-    return DataproductSettings(data_dir=tmp_path / "data", jwt_secret=SECRET)
+    """Settings whose data lives in this test's temporary folder.
+
+    No rate limit: tests poll as fast as they can; the limit has tests of its own.
+    """
+    return DataproductSettings(data_dir=tmp_path / "data", jwt_secret=SECRET, rate_limit_per_s=0)
 
 
 @pytest.fixture
@@ -74,9 +77,14 @@ def client(runtime: ProductRuntime) -> Iterator[TestClient]:
 def token() -> TokenFactory:
     """`token("output:read", ...)` gives an Authorization header with those scopes."""
 
-    def make(*scopes: str, subject: str = "tester", ttl_s: int = 600) -> dict[str, str]:
-        return {
-            "Authorization": f"Bearer {issue_token(SECRET, subject, list(scopes), ttl_s=ttl_s)}"
-        }
+    def make(
+        *scopes: str,
+        subject: str = "tester",
+        ttl_s: int = 600,
+        groups: list[str] | None = None,
+        roles: list[str] | None = None,
+    ) -> dict[str, str]:
+        signed = issue_token(SECRET, subject, list(scopes), ttl_s=ttl_s, groups=groups, roles=roles)
+        return {"Authorization": f"Bearer {signed}"}
 
     return make

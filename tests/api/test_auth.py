@@ -151,7 +151,7 @@ def test_right_scope_is_let_through(client: TestClient, token: TokenFactory) -> 
     pushed = client.post(
         "/input/returns",
         content=b"order_id,reason\n1,late\n",
-        headers={"content-type": "text/csv", **token("input:write")},
+        headers={"content-type": "text/csv", **token("input:write", groups=["returns-writers"])},
     )
     assert pushed.status_code == 201
 

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from dataproduct.settings import DataproductSettings
 from pipelines.runtime import ProductRuntime
 from tests.api import assert_error, edit_descriptor, serve
-from tests.conftest import SECRET
+from tests.conftest import SECRET, TokenFactory
 
 GATEWAY = "https://gateway.example/sales/europe/sales-eu/v1"
 XSS = '<script>alert("owned")</script>'
@@ -85,9 +85,12 @@ def test_public_url_comes_from_the_environment(
     assert product["ports"]["discovery"]["url"] == f"{GATEWAY}/discovery"
 
 
-def test_dataset_document_has_schema_with_documentation(client: TestClient) -> None:
+def test_dataset_document_has_schema_with_documentation(
+    client: TestClient, token: TokenFactory
+) -> None:
     """Column types from the table, documentation from the descriptor."""
-    dataset = client.get("/discovery/datasets/customer_revenue").json()
+    analyst = token("output:read", groups=["sales-analysts"])
+    dataset = client.get("/discovery/datasets/customer_revenue", headers=analyst).json()
     columns = {c["name"]: c for c in dataset["columns"]}
     assert list(columns) == ["customer_id", "name", "country", "orders", "revenue"]
     assert columns["customer_id"]["type"] == "VARCHAR"
@@ -132,9 +135,10 @@ def test_unknown_dataset_is_404(client: TestClient) -> None:
     assert_error(client.get("/discovery/datasets/nope"), 404, "not_found")
 
 
-def test_browsers_get_a_page(client: TestClient) -> None:
+def test_browsers_get_a_page(client: TestClient, token: TokenFactory) -> None:
     """`Accept: text/html` gives a readable page naming the product and its datasets."""
-    response = client.get("/discovery", headers={"Accept": "text/html,*/*;q=0.8"})
+    analyst = token("output:read", groups=["sales-analysts"])
+    response = client.get("/discovery", headers={"Accept": "text/html,*/*;q=0.8", **analyst})
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")
     page = response.text

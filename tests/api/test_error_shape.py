@@ -66,7 +66,9 @@ CASES: dict[str, tuple[Call, int, str]] = {
     "405 wrong method": (lambda c, t: c.delete("/discovery"), 405, "method_not_allowed"),
     "409 push to a pulled source": (
         lambda c, t: c.post(
-            "/input/orders", content=b"a\n1\n", headers={**CSV, **t("input:write")}
+            "/input/orders",
+            content=b"a\n1\n",
+            headers={**CSV, **t("input:write", groups=["returns-writers"])},
         ),
         409,
         "conflict",
@@ -75,7 +77,7 @@ CASES: dict[str, tuple[Call, int, str]] = {
         lambda c, t: c.post(
             "/input/returns",
             content=b"x" * (UPLOAD_LIMIT + 1),
-            headers={**CSV, **t("input:write")},
+            headers={**CSV, **t("input:write", groups=["returns-writers"])},
         ),
         413,
         "payload_too_large",
@@ -84,7 +86,10 @@ CASES: dict[str, tuple[Call, int, str]] = {
         lambda c, t: c.post(
             "/input/returns",
             content=b"<a/>",
-            headers={"content-type": "application/xml", **t("input:write")},
+            headers={
+                "content-type": "application/xml",
+                **t("input:write", groups=["returns-writers"]),
+            },
         ),
         415,
         "unsupported_media_type",

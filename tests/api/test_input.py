@@ -45,8 +45,8 @@ def settings(settings: DataproductSettings) -> DataproductSettings:
 
 @pytest.fixture
 def writer(token: TokenFactory) -> dict[str, str]:
-    """Headers of a producer allowed to push."""
-    return token("input:write")
+    """Headers of a producer allowed to push: the example grants `returns` to this group."""
+    return token("input:write", groups=["returns-writers"])
 
 
 def _rows(runtime: ProductRuntime, source: str = "returns") -> list[tuple[Any, ...]]:
@@ -155,9 +155,10 @@ def test_unreadable_requests_are_refused(
 
 
 def test_declared_format_is_the_default(
-    client: TestClient, runtime: ProductRuntime, writer: dict[str, str]
+    client: TestClient, runtime: ProductRuntime, token: TokenFactory
 ) -> None:
     """A source declared as CSV reads an untyped body as CSV and still takes JSON records."""
+    writer = token("input:write", "control:admin")  # an administrator may push anywhere
     untyped = {**writer, "content-type": "application/x-www-form-urlencoded"}
     ok = client.post("/input/refunds", content=CSV_BODY, headers=untyped)
     assert ok.status_code == 201

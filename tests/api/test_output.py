@@ -35,8 +35,8 @@ def settings(settings: DataproductSettings) -> DataproductSettings:
 
 @pytest.fixture
 def reader(token: TokenFactory) -> dict[str, str]:
-    """Headers of a consumer allowed to read."""
-    return token("output:read")
+    """Headers of a consumer allowed to read: the example grants its datasets to analysts."""
+    return token("output:read", groups=["sales-analysts"])
 
 
 def _table(runtime: ProductRuntime, sql: str) -> pa.Table:
@@ -401,6 +401,7 @@ def test_non_finite_numbers_are_null_in_dataset_json(
     assert client.put("/control/pipeline", json={"models": models}, headers=admin).is_success
     run = client.post("/control/runs", headers=admin).json()
     assert wait_for_run(client, runtime, run["id"], admin)["status"] == "succeeded"
+    reader = token("output:read", "control:admin")  # a new dataset: only admins have a grant
     page = client.get("/output/datasets/odd_numbers", headers=reader)
     assert [r["x"] for r in _strict_json(page.text)["data"]] == [1.5, None, None, None]
     lines = client.get("/output/datasets/odd_numbers?format=ndjson", headers=reader)

@@ -99,7 +99,7 @@ def test_a_breaking_change_keeps_the_old_version_readable(
 
 
 def test_old_versions_are_listed_and_readable(client: TestClient, token: TokenFactory) -> None:
-    admin, reader = token("control:admin"), token("output:read")
+    admin, reader = token("control:admin"), token("output:read", "control:admin")
     models = client.get("/control/pipeline", headers=admin).json()["models"]
     extra = {"name": "extract", "layer": "output", "sql": "SELECT order_id FROM input.orders"}
     client.put("/control/pipeline", json={"models": [*models, extra]}, headers=admin)
@@ -112,7 +112,7 @@ def test_old_versions_are_listed_and_readable(client: TestClient, token: TokenFa
     body = {"models": ["extract"]}
     state = wait(client, admin, client.post("/control/runs", json=body, headers=admin).json()["id"])
     assert state["status"] == "succeeded" and [s["model"] for s in state["steps"]] == ["extract"]
-    versions = client.get("/discovery/datasets/extract").json()["versions"]
+    versions = client.get("/discovery/datasets/extract", headers=reader).json()["versions"]
     assert [(v["version"], v["current"]) for v in versions] == [(2, True), (1, False)]
     old = client.get("/output/datasets/extract?version=1&limit=1", headers=reader).json()
     new = client.get("/output/datasets/extract?limit=1", headers=reader).json()

@@ -284,7 +284,7 @@ def test_discovery_shows_the_quality_of_the_published_data(
 ) -> None:
     publish(runtime)
     run_id = _check_published(runtime, "customer_revenue")
-    document = client.get("/discovery/datasets/customer_revenue").json()
+    document = client.get("/discovery/datasets/customer_revenue", headers=admin).json()
     assert document["quality"] == EXAMPLE_RULES
     assert document["quality_status"] == "pass"
     assert [(r["rule"], r["status"], r["run_id"]) for r in document["quality_results"]] == [
@@ -292,12 +292,12 @@ def test_discovery_shows_the_quality_of_the_published_data(
         ("unique_customer_id", "pass", run_id),
     ]
     assert not {"samples", "sql", "message"} & set(document["quality_results"][0])
-    listed = client.get("/discovery/datasets").json()["datasets"]
+    listed = client.get("/discovery/datasets", headers=admin).json()["datasets"]
     assert next(d for d in listed if d["name"] == "customer_revenue") == document
 
     # a later check that failed (say a refused run) does not change what consumers read...
     _check(runtime, "customer_revenue", [{"unique": "country"}], "refused-run")
-    again = client.get("/discovery/datasets/customer_revenue").json()
+    again = client.get("/discovery/datasets/customer_revenue", headers=admin).json()
     assert again["quality_status"] == "pass"
     # ... while operators see it among the latest results
     latest = client.get("/control/quality/results?run_id=refused-run", headers=admin).json()

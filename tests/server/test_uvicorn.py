@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,56 +15,12 @@ import pytest
 from dataproduct.cli import example_dir
 from dataproduct.security import issue_token
 from tests.conftest import SECRET
+from tests.server.conftest import Launch
 
 pytestmark = pytest.mark.server
 
-READY_TIMEOUT_S = 60.0
-CONSOLE_SCRIPT = Path(sys.executable).parent / "dataproduct"
 RETURNS_CSV = b"order_id,reason\n100001,damaged\n100002,late\n"
 RETURNS_LOG = {"name": "returns_log", "sql": "SELECT order_id, reason FROM input.returns"}
-
-
-@dataclass
-class Server:
-    """A running `dataproduct serve` process and where it listens."""
-
-    process: subprocess.Popen[bytes]
-    base: str
-    stdout: Path
-    stderr: Path
-
-    def logs(self) -> str:
-        """What the process wrote so far (for failure messages)."""
-        return self.stdout.read_text(errors="replace") + self.stderr.read_text(errors="replace")
-
-    def stop(self) -> int:
-        """SIGTERM, then its exit code."""
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=30)
-
-
-Launch = Callable[..., Server]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _wait_ready(server: Server) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise AssertionError(f"the server exited early:\n{server.logs()}")
-        try:
-            if httpx.get(f"{server.base}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"the server was not ready in {READY_TIMEOUT_S}s:\n{server.logs()}")
 
 
 @pytest.fixture
@@ -82,46 +31,9 @@ def product(tmp_path: Path) -> Path:
     return target
 
 
-@pytest.fixture
-def launch(tmp_path: Path) -> Iterator[Launch]:
-    """Start `dataproduct serve`; whatever is still running at the end is killed."""
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start(
-        product_dir: Path, data_dir: Path, *, secret: str | None, console_script: bool = False
-    ) -> Server:
-        port = _free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DATAPRODUCT_")}
-        env |= {
-            "DATAPRODUCT_HOST": "127.0.0.1",
-            "DATAPRODUCT_PORT": str(port),
-            "DATAPRODUCT_DATA_DIR": str(data_dir),
-        }
-        if secret is not None:
-            env["DATAPRODUCT_JWT_SECRET"] = secret
-        command = (
-            [str(CONSOLE_SCRIPT)] if console_script else [sys.executable, "-m", "dataproduct.cli"]
-        )
-        label = f"{len(started)}-{port}"
-        stdout, stderr = tmp_path / f"stdout-{label}.txt", tmp_path / f"stderr-{label}.txt"
-        with stdout.open("wb") as out, stderr.open("wb") as err:
-            process = subprocess.Popen(
-                [*command, "serve", str(product_dir)], stdout=out, stderr=err, env=env, cwd=tmp_path
-            )
-        started.append(process)
-        server = Server(process, f"http://127.0.0.1:{port}", stdout, stderr)
-        _wait_ready(server)
-        return server
-
-    yield start
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=30)
-
-
-def _bearer(scope: str, secret: str = SECRET) -> dict[str, str]:
-    return {"Authorization": f"Bearer {issue_token(secret, 'server-test', [scope])}"}
+def _bearer(scope: str, secret: str = SECRET, *, groups: list[str] | None = None) -> dict[str, str]:
+    signed = issue_token(secret, "server-test", [scope], groups=groups)
+    return {"Authorization": f"Bearer {signed}"}
 
 
 def _wait_run(http: httpx.Client, location: str) -> dict[str, Any]:
@@ -137,7 +49,11 @@ def _wait_run(http: httpx.Client, location: str) -> dict[str, Any]:
 def _snapshot(http: httpx.Client) -> dict[str, Any]:
     """Dataset sizes, and the pushed rows as republished by the pipeline."""
     sizes = {d["name"]: d["row_count"] for d in http.get("/discovery").json()["datasets"]}
-    log = http.get("/output/datasets/returns_log?format=csv", headers=_bearer("output:read"))
+    admin_reader = {
+        "Authorization": "Bearer "
+        + issue_token(SECRET, "server-test", ["output:read", "control:admin"])
+    }
+    log = http.get("/output/datasets/returns_log?format=csv", headers=admin_reader)
     return {"sizes": sizes, "returns_log": sorted(log.text.splitlines()[1:])}
 
 
@@ -172,7 +88,7 @@ def _exercise_every_port(http: httpx.Client) -> None:
     pushed = http.post(
         "/input/returns",
         content=RETURNS_CSV,
-        headers={**_bearer("input:write"), "content-type": "text/csv"},
+        headers={**_bearer("input:write", groups=["returns-writers"]), "content-type": "text/csv"},
     )
     assert pushed.status_code == 201 and pushed.json()["rows"] == 2
 

@@ -173,12 +173,12 @@ BAD_DESCRIPTORS = [
     ("model-name", _set("pipeline", 0, "name", value="Orders"), "pipeline.0.name", "pattern"),
     ("duplicate-model", _duplicate_model, "pipeline.1.name", "another model is named"),
     ("model-like-source", _model_named_like_source, "pipeline.0.name", "a source is named"),
-    ("access-unknown", _grant_unknown, "access.2.dataset", "unknown dataset 'ghost'"),
+    ("access-unknown", _grant_unknown, "access.5.dataset", "unknown dataset 'ghost'"),
     (
         "access-two-grantees",
         _set("access", 0, "user", value="ana"),
         "access.0",
-        "exactly one of 'group' or 'user'",
+        "exactly one of 'user', 'group' or 'role'",
     ),
     ("sources-not-mapping", _set("sources", value=["orders"]), "sources", "dictionary"),
 ]
