@@ -22,7 +22,7 @@ from sqlglot.errors import ParseError, TokenError
 
 from dataproduct.errors import NotFoundError
 from dataproduct.sqlguard import GuardContext, NoOutsideFunctions, function_name, position
-from dataproduct.storage import Storage
+from dataproduct.storage import Storage, fetch_value
 
 MaskKind = Literal["null", "hash"]
 GRANTEE_KINDS = ("user", "group", "role")
@@ -30,11 +30,12 @@ TARGET_KINDS = ("dataset", "tag", "source")
 EVERYONE = "everyone"  # the group every authenticated principal belongs to
 
 _FILTER_FORBIDDEN = (exp.Query, exp.Subquery, exp.Table, exp.Placeholder, exp.Parameter)
-_FILTER_DENIED_FUNCTIONS = ("random", "uuid", "gen_random_uuid", "now", "current_")
+_FILTER_DENIED_FUNCTIONS = ("rand", "setseed", "uuid", "gen_random_uuid", "now", "current_")
 
 GRANTS_DDL = (
     """CREATE TABLE IF NOT EXISTS meta.grants (
-        id VARCHAR, origin VARCHAR, spec JSON, created_at TIMESTAMPTZ, created_by VARCHAR)""",
+        id VARCHAR, origin VARCHAR, spec JSON, created_at TIMESTAMPTZ, created_by VARCHAR,
+        position BIGINT)""",
     """CREATE TABLE IF NOT EXISTS meta.grant_changes (
         changed_at TIMESTAMPTZ, principal VARCHAR, action VARCHAR, grant_id VARCHAR, spec JSON)""",
 )
@@ -235,10 +236,11 @@ class GrantStore:
     ) -> list[tuple[str, GrantSpec]]:
         now = datetime.now(UTC)
         added = [(uuid.uuid4().hex[:16], spec) for spec in specs]
-        for grant_id, spec in added:
+        last = fetch_value(cursor, "SELECT coalesce(max(position), 0) FROM meta.grants")
+        for offset, (grant_id, spec) in enumerate(added, start=1):
             cursor.execute(
-                "INSERT INTO meta.grants VALUES (?, ?, ?, ?, ?)",
-                [grant_id, origin, json.dumps(spec.to_raw()), now, principal],
+                "INSERT INTO meta.grants VALUES (?, ?, ?, ?, ?, ?)",
+                [grant_id, origin, json.dumps(spec.to_raw()), now, principal, last + offset],
             )
         return added
 
@@ -246,7 +248,7 @@ class GrantStore:
         with self._storage.reader() as cursor:
             rows = cursor.execute(
                 "SELECT id, origin, spec, created_at, created_by FROM meta.grants "
-                "ORDER BY origin DESC, created_at, id"
+                "ORDER BY origin DESC, position"
             ).fetchall()
         return tuple(
             Grant(

@@ -67,8 +67,9 @@ def serve_example(root: Path, **settings: Any) -> Iterator[TestClient]:
     """A copy of the example under `root`, started; for module-wide read-only checks."""
     product = root / "product"
     shutil.copytree(example_dir(), product, ignore=shutil.ignore_patterns("__pycache__"))
+    options = {"rate_limit_per_s": 0, **settings}
     with serve(
-        product, DataproductSettings(data_dir=root / "data", jwt_secret=SECRET, **settings)
+        product, DataproductSettings(data_dir=root / "data", jwt_secret=SECRET, **options)
     ) as client:
         yield client
 
