@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 from dataproduct.storage import Storage
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-disable_created_metrics()  # `_created` series only add noise to a scrape
+disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` series are noise
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 

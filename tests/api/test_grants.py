@@ -74,9 +74,11 @@ def _rows(client: TestClient, headers: dict[str, str], fmt: str) -> list[dict[st
 
 def test_output_lists_only_readable_datasets(shared: TestClient) -> None:
     """A reader without grants sees the public dataset only; an analyst sees both."""
-    names = lambda h: [
-        d["name"] for d in shared.get("/output/datasets", headers=h).json()["datasets"]
-    ]  # noqa: E731
+
+    def names(headers: dict[str, str]) -> list[str]:
+        listed = shared.get("/output/datasets", headers=headers).json()["datasets"]
+        return [d["name"] for d in listed]
+
     assert names(STRANGER) == ["daily_sales"]
     assert names(ANALYST) == ["customer_revenue", "daily_sales"]
 
