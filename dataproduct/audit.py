@@ -151,9 +151,11 @@ class AuditLog:
             cursor.execute(sql, [*params, query.limit])
             names = [d[0] for d in cursor.description or []]
             rows = cursor.fetchall()
-        written = [dict(zip(names, row, strict=True)) for row in rows]
-        for row in written:
-            row["at"] = row.pop("requested_at").astimezone(UTC).isoformat()
+        written = []
+        for row in rows:
+            record = dict(zip(names, row, strict=True))
+            at = record.pop("requested_at").astimezone(UTC).isoformat()
+            written.append({"at": at, **record})
         seen = {r["request_id"] for r in written}
         merged = [r for r in pending if r["request_id"] not in seen] + written
         merged.sort(key=lambda r: str(r["at"]), reverse=True)

@@ -72,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--sub", required=True, help="subject (who the token is for)")
     token.add_argument("--scope", action="append", choices=SCOPES, default=[], help="repeatable")
     token.add_argument("--group", action="append", default=[], help="repeatable")
+    token.add_argument("--role", action="append", default=[], help="repeatable")
     token.add_argument("--ttl", type=int, default=3600, help="seconds of validity")
     token.set_defaults(handler=_token)
 
@@ -188,6 +189,7 @@ def _token(args: argparse.Namespace) -> int:
             args.sub,
             scopes,
             groups=args.group,
+            roles=args.role,
             ttl_s=args.ttl,
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,
