@@ -36,6 +36,7 @@ pytest: $(VENV)/.installed-test
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/gateway.py
 
 image: $(VENV)/.installed-test
 	bash deploy/docker/build-image.sh
