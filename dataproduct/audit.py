@@ -120,6 +120,7 @@ class AuditLog:
         """Write the buffered records; returns how many (0 if the writer was busy)."""
         with self._lock:
             batch = list(self._buffer)
+            dropped_before = self.dropped
         if not batch:
             return 0
         table = pa.Table.from_pylist([asdict(r) for r in batch], schema=_SCHEMA)
@@ -133,7 +134,9 @@ class AuditLog:
         except WriterBusy:
             return 0
         with self._lock:
-            for _ in range(min(len(batch), len(self._buffer))):
+            # records dropped meanwhile were among the oldest, the ones just written
+            written_left = max(len(batch) - (self.dropped - dropped_before), 0)
+            for _ in range(min(written_left, len(self._buffer))):
                 self._buffer.popleft()
         return len(batch)
 

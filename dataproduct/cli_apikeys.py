@@ -31,7 +31,7 @@ def add_apikey_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
     actions = apikey.add_subparsers(dest="action", required=True)
 
     def common(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("dir", nargs="?", type=Path, help="product folder (offline mode)")
+        parser.add_argument("--dir", type=Path, help="product folder (offline mode)")
         parser.add_argument("--url", help="the product's base URL: go through its control port")
         parser.add_argument(
             "--token", help="an administrator's token for --url (default: $DATAPRODUCT_TOKEN)"
@@ -43,7 +43,9 @@ def add_apikey_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
     create.add_argument("--group", action="append", default=[])
     create.add_argument("--role", action="append", default=[])
     create.add_argument("--subject", help="the principal the key acts as")
-    create.add_argument("--ttl-days", type=int, help="days until it expires (default: never)")
+    create.add_argument(
+        "--ttl-days", type=_days, help="days until it expires, at least 1 (default: never)"
+    )
     common(create)
     listing = actions.add_parser("list", help="list keys (never their secrets)")
     common(listing)
@@ -66,12 +68,15 @@ def _remote(args: argparse.Namespace, settings: DataproductSettings) -> Any:
     token = args.token or os.environ.get("DATAPRODUCT_TOKEN") or _local_admin_token(settings)
     base = args.url.rstrip("/")
     with httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=30) as http:
-        if args.action == "create":
-            response = http.post(f"{base}/control/api-keys", json=_create_body(args))
-        elif args.action == "list":
-            response = http.get(f"{base}/control/api-keys")
-        else:
-            response = http.delete(f"{base}/control/api-keys/{args.id}")
+        try:
+            if args.action == "create":
+                response = http.post(f"{base}/control/api-keys", json=_create_body(args))
+            elif args.action == "list":
+                response = http.get(f"{base}/control/api-keys")
+            else:
+                response = http.delete(f"{base}/control/api-keys/{args.id}")
+        except httpx.TransportError as error:
+            raise DataproductError(f"cannot reach {base}: {error}", where="--url") from None
     if response.status_code >= 400:
         error = response.json().get("error", {}) if _is_json(response) else {}
         raise DataproductError(
@@ -114,6 +119,13 @@ def _offline(args: argparse.Namespace, settings: DataproductSettings) -> Any:
         return keys.revoke(args.id).to_dict()
     finally:
         storage.close()
+
+
+def _days(text: str) -> int:
+    days = int(text)
+    if days < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return days
 
 
 def _create_body(args: argparse.Namespace) -> dict[str, Any]:

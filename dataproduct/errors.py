@@ -158,3 +158,4 @@ class QueryTimeoutError(DataproductError):
 
     status = 504
     code = "query_timeout"
+    transient = True  # the same query may finish when the product is less busy

@@ -71,7 +71,10 @@ class Storage:
     """Owns the product database: serialized writes, snapshot readers, errors translated."""
 
     def __init__(self, connect: Connect) -> None:
-        self._root = connect()
+        try:
+            self._root = connect()
+        except duckdb.Error as error:
+            raise translate(error) from None
         self._root.execute("SET enable_progress_bar = false")
         self._root.execute("SET lock_configuration = true")
         self._write_lock = threading.Lock()

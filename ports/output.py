@@ -93,9 +93,9 @@ def read_dataset(
     settings = runtime.settings
     chosen = negotiate(format, request.headers.get("accept"))
     dataset = find_dataset(runtime.storage, name, version)
+    request.state.dataset = dataset.name
     access = runtime.access.read_access(principal, name)
     wanted = select_columns(dataset, _split(columns))
-    request.state.dataset = dataset.name
     if chosen == "json":
         page_size = min(limit or settings.default_page_rows, settings.max_page_rows)
         page = read_page(

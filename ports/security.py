@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -134,6 +134,18 @@ def audit(
 ) -> dict[str, Any]:
     """Requests as the audit log recorded them, newest first, filtered."""
     query = AuditQuery(
-        since=since, until=until, principal=subject, dataset=dataset, status=status, limit=limit
+        since=_utc(since),
+        until=_utc(until),
+        principal=subject,
+        dataset=dataset,
+        status=status,
+        limit=limit,
     )
     return {"records": runtime_of(request).access.audit.query(query)}
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    """A time without a zone is read as UTC."""
+    if moment is not None and moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment
