@@ -75,8 +75,8 @@ def _remote(args: argparse.Namespace, settings: DataproductSettings) -> Any:
                 response = http.get(f"{base}/control/api-keys")
             else:
                 response = http.delete(f"{base}/control/api-keys/{args.id}")
-        except httpx.TransportError as error:
-            raise DataproductError(f"cannot reach {base}: {error}", where="--url") from None
+        except httpx.TransportError as unreachable:
+            raise DataproductError(f"cannot reach {base}: {unreachable}", where="--url") from None
     if response.status_code >= 400:
         error = response.json().get("error", {}) if _is_json(response) else {}
         raise DataproductError(

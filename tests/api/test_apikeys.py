@@ -11,7 +11,6 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import httpx
 import pytest
 from fastapi.testclient import TestClient
