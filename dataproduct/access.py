@@ -8,6 +8,7 @@ audit log and metrics record what happened.
 from __future__ import annotations
 
 import secrets
+import time
 
 from sqlglot import exp
 
@@ -24,6 +25,9 @@ from dataproduct.security import Principal, verify_token
 from dataproduct.settings import DataproductSettings
 from dataproduct.storage import Storage, fetch_value
 
+TOKEN_MEMORY_S = 60.0  # a verified JWT is trusted this long (never past its expiry)
+MAX_KNOWN_TOKENS = 10_000
+DECISION_MEMORY_S = 1.0
 SECRETS_DDL = "CREATE TABLE IF NOT EXISTS meta.secrets (name VARCHAR PRIMARY KEY, value VARCHAR)"
 
 
@@ -43,6 +47,8 @@ class AccessControl:
         self.limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
         self._salt = _mask_salt(storage)
         self._policy: Policy | None = None
+        self._tokens: dict[str, tuple[Principal, float]] = {}
+        self._decisions: dict[tuple[int, Principal, str], tuple[DatasetAccess | None, float]] = {}
 
     @property
     def policy(self) -> Policy:
@@ -60,8 +66,26 @@ class AccessControl:
     def authenticate(self, credential: str) -> Principal:
         """The principal of a bearer JWT or an API key; AuthenticationError otherwise."""
         if looks_like_key(credential):
+            return self.api_keys.verify(credential)  # never cached: revocation is at once
+        known = self.known_token(credential)
+        if known is not None:
+            return known
+        principal = verify_token(self.settings, credential)
+        if len(self._tokens) >= MAX_KNOWN_TOKENS:
+            self._tokens.clear()
+        until = min(principal.expires_at or 0.0, time.time() + TOKEN_MEMORY_S)
+        self._tokens[credential] = (principal, until)
+        return principal
+
+    def known_token(self, credential: str) -> Principal | None:
+        """A JWT verified moments ago (still unexpired), without checking it again; or an
+        API key, which costs one hash to check."""
+        if looks_like_key(credential):
             return self.api_keys.verify(credential)
-        return verify_token(self.settings, credential)
+        known = self._tokens.get(credential)
+        if known is None or known[1] <= time.time():
+            return None
+        return known[0]
 
     def require_admin(self, principal: Principal) -> None:
         """PermissionDeniedError unless the principal administers the product."""
@@ -73,8 +97,21 @@ class AccessControl:
             )
 
     def read_access(self, principal: Principal, dataset: str) -> DatasetAccess:
-        """How the principal reads the dataset; PermissionDeniedError without a grant."""
-        access = self.policy.read_access(principal, dataset)
+        """How the principal reads the dataset; PermissionDeniedError without a grant.
+
+        A decision is remembered for a second (grants expire to the second) and forgotten
+        at once when the grants change.
+        """
+        key = (self.grants.version, principal, dataset)
+        now = time.monotonic()
+        known = self._decisions.get(key)
+        if known is not None and known[1] > now:
+            access = known[0]
+        else:
+            access = self.policy.read_access(principal, dataset)
+            if len(self._decisions) >= MAX_KNOWN_TOKENS:
+                self._decisions.clear()
+            self._decisions[key] = (access, now + DECISION_MEMORY_S)
         if access is None:
             raise PermissionDeniedError(
                 f"'{principal.subject}' has no read grant on the dataset '{dataset}'; "

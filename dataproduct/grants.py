@@ -166,10 +166,11 @@ class GrantStore:
     def __init__(self, storage: Storage) -> None:
         self._storage = storage
         self._lock = threading.Lock()
+        self.version = 0  # bumped after every change of the grants (a cache key)
         with storage.transaction() as cursor:
             for ddl in GRANTS_DDL:
                 cursor.execute(ddl)
-        self._grants = self._load()
+        self._reload()
 
     def all(self) -> tuple[Grant, ...]:
         """Every grant, descriptor ones first."""
@@ -184,7 +185,7 @@ class GrantStore:
         with self._lock, self._storage.transaction() as cursor:
             cursor.execute("DELETE FROM meta.grants WHERE origin = 'descriptor'")
             self._insert(cursor, specs, "descriptor", "descriptor")
-        self._grants = self._load()
+        self._reload()
 
     def replace(self, specs: list[GrantSpec], principal: str) -> tuple[Grant, ...]:
         """Replace every grant made through the control port; the change is recorded."""
@@ -195,7 +196,7 @@ class GrantStore:
                 _record(cursor, principal, "revoke", grant.id, grant.spec)
             for grant_id, spec in self._insert(cursor, specs, "api", principal):
                 _record(cursor, principal, "grant", grant_id, spec)
-        self._grants = self._load()
+        self._reload()
         return self._grants
 
     def add(self, spec: GrantSpec, principal: str) -> Grant:
@@ -203,7 +204,7 @@ class GrantStore:
         with self._lock, self._storage.transaction() as cursor:
             [(grant_id, _)] = self._insert(cursor, [spec], "api", principal)
             _record(cursor, principal, "grant", grant_id, spec)
-        self._grants = self._load()
+        self._reload()
         return next(g for g in self._grants if g.id == grant_id)
 
     def revoke(self, grant_id: str, principal: str) -> Grant:
@@ -215,7 +216,7 @@ class GrantStore:
         with self._lock, self._storage.transaction() as cursor:
             cursor.execute("DELETE FROM meta.grants WHERE id = ?", [grant_id])
             _record(cursor, principal, "revoke", grant_id, grant.spec)
-        self._grants = self._load()
+        self._reload()
         return grant
 
     def changes(self, limit: int = 100) -> list[dict[str, Any]]:
@@ -243,6 +244,10 @@ class GrantStore:
                 [grant_id, origin, json.dumps(spec.to_raw()), now, principal, last + offset],
             )
         return added
+
+    def _reload(self) -> None:
+        self._grants = self._load()
+        self.version += 1  # after the grants: whoever reads the new version sees them
 
     def _load(self) -> tuple[Grant, ...]:
         with self._storage.reader() as cursor:

@@ -36,6 +36,12 @@ class DatasetAccess:
     salt: str = ""
 
     @property
+    def fingerprint(self) -> tuple[tuple[tuple[str, str], ...], str | None]:
+        """What the view depends on: the masks and the row filter (a cache key)."""
+        condition = self.row_filter.sql("duckdb") if self.row_filter is not None else None
+        return tuple(sorted(self.masks.items())), condition
+
+    @property
     def restricted(self) -> bool:
         """Whether the principal sees less than the whole dataset."""
         return bool(self.masks) or self.row_filter is not None

@@ -12,7 +12,6 @@ import base64
 import binascii
 import itertools
 import json
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,7 +25,6 @@ from dataproduct.catalog import (
     PublishedDataset,
     older_versions,
     output_tables,
-    published_dataset,
 )
 from dataproduct.errors import (
     BadRequestError,
@@ -39,6 +37,7 @@ from dataproduct.errors import (
 from dataproduct.policy import DatasetAccess
 from dataproduct.sqlguard import GuardContext, SqlGuard, position
 from dataproduct.storage import Storage, translate
+from dataproduct.watchdog import WATCHDOG
 
 BATCH_ROWS = 1 << 17
 _NESTED = ("[]", "STRUCT", "MAP", "UNION")
@@ -53,18 +52,29 @@ class Page:
     next_cursor: str | None
 
 
+def readable_tables(storage: Storage) -> dict[str, PublishedDataset]:
+    """Every readable table of the output layer and the dataset version it holds (kept in
+    memory until the next commit)."""
+
+    def load() -> dict[str, PublishedDataset]:
+        with storage.reader() as cursor:
+            return output_tables(cursor)
+
+    return storage.memo("output_tables", load)
+
+
 def find_dataset(storage: Storage, name: str, version: int | None = None) -> PublishedDataset:
     """A published output dataset (its current version, or an older major one)."""
-    with storage.reader() as cursor:
-        dataset = published_dataset(cursor, name)
-        if dataset is None:
-            raise NotFoundError(f"no dataset '{name}'", where=f"datasets/{name}")
-        if version is None or version == dataset.version:
-            return dataset
-        for older in older_versions(cursor, name):
-            if older.version == version:
-                return older
-    readable = [dataset.version] + [v.version for v in dataset_versions(storage, name)]
+    versions = [d for d in readable_tables(storage).values() if d.name == name]
+    dataset = next((d for d in versions if d.current), None)
+    if dataset is None:
+        raise NotFoundError(f"no dataset '{name}'", where=f"datasets/{name}")
+    if version is None:
+        return dataset
+    found = next((d for d in versions if d.version == version), None)
+    if found is not None:
+        return found
+    readable = [d.version for d in versions]
     raise NotFoundError(
         f"{name} has no version {version}; readable versions: "
         f"{', '.join(str(v) for v in sorted(set(readable), reverse=True))}",
@@ -136,16 +146,17 @@ def deadline(cursor: duckdb.DuckDBPyConnection, seconds: float | None) -> Iterat
     if seconds is None:
         yield
         return
-    timer = threading.Timer(seconds, cursor.interrupt)
-    timer.start()
+    ticket = WATCHDOG.watch(cursor, seconds)
     try:
         yield
     except duckdb.InterruptException:
+        if not ticket.fired:
+            raise
         raise QueryTimeoutError(
             f"the query ran longer than {seconds:g} s and was stopped", where="sql"
         ) from None
     finally:
-        timer.cancel()
+        ticket.cancel()
 
 
 def _first_batch_read(
@@ -305,8 +316,7 @@ def restrict_query(
     (`access_for` raises), or a masked column named in the query is refused.
     """
     query = query.copy()
-    with storage.reader() as cursor:
-        tables = output_tables(cursor)
+    tables = readable_tables(storage)
     masked: dict[str, str] = {}
     views: list[tuple[exp.Table, PublishedDataset, DatasetAccess]] = []
     for table in list(query.find_all(exp.Table)):

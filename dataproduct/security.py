@@ -29,6 +29,7 @@ class Principal:
     scopes: frozenset[str] = field(default_factory=frozenset)
     groups: frozenset[str] = field(default_factory=frozenset)
     roles: frozenset[str] = field(default_factory=frozenset)
+    expires_at: float | None = field(default=None, compare=False)
 
     def allows(self, scope: str) -> bool:
         """Whether the credential permits `scope`: a credential naming any of our scopes is
@@ -141,6 +142,7 @@ def verify_token(settings: DataproductSettings, token: str) -> Principal:
         scopes=frozenset(scopes),
         groups=frozenset(_as_list(claim_value(claims, settings.jwt_groups_claim))),
         roles=frozenset(_as_list(claim_value(claims, settings.jwt_roles_claim))),
+        expires_at=float(claims["exp"]),
     )
 
 

@@ -44,6 +44,7 @@ class DataproductSettings(BaseSettings):
     rate_limit_per_s: float = Field(default=50.0, ge=0)
     rate_limit_burst: int = Field(default=100, ge=1)
     query_timeout_s: float = Field(default=30.0, gt=0)
+    result_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
     audit_buffer_records: int = Field(default=100_000, ge=100)
     cors_origins: list[str] = []
     security_headers: bool = True

@@ -10,10 +10,10 @@ the outside world, through a separate engine (`ingest_engine`).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 
@@ -22,6 +22,7 @@ from dataproduct.errors import DataproductError, SqlRejectedError, ValidationErr
 LAYERS = ("input", "staging", "output", "meta")
 
 Connect = Callable[[], duckdb.DuckDBPyConnection]
+T = TypeVar("T")
 
 
 def locked_config(
@@ -79,6 +80,8 @@ class Storage:
         self._root.execute("SET lock_configuration = true")
         self._write_lock = threading.Lock()
         self._writer = self._root.cursor()
+        self.generation = 0  # bumped by every commit that changes data
+        self._memo: dict[Hashable, tuple[int, Any]] = {}
         self._closed = False
         with self.transaction() as cursor:
             for layer in LAYERS:
@@ -100,10 +103,13 @@ class Storage:
         return self._root.cursor()
 
     @contextmanager
-    def transaction(self, *, wait: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
+    def transaction(
+        self, *, wait: bool = True, changes_data: bool = True
+    ) -> Iterator[duckdb.DuckDBPyConnection]:
         """The single writer, inside one transaction: committed whole or rolled back.
 
         With `wait=False`, WriterBusy is raised at once when another transaction is open.
+        A commit bumps `generation` (what `memo` keys on) unless `changes_data` is False.
         """
         if not self._write_lock.acquire(blocking=wait):
             raise WriterBusy
@@ -122,8 +128,21 @@ class Storage:
                     cursor.execute("COMMIT")
                 except duckdb.Error as error:
                     raise translate(error) from None
+                if changes_data:
+                    self.generation += 1
         finally:
             self._write_lock.release()
+
+    def memo(self, key: Hashable, load: Callable[[], T]) -> T:
+        """`load()`, kept until the next commit that changes data."""
+        generation = self.generation  # read first: a commit during load forces a reload
+        cached = self._memo.get(key)
+        if cached is not None and cached[0] == generation:
+            value: T = cached[1]
+            return value
+        loaded = load()
+        self._memo[key] = (generation, loaded)
+        return loaded
 
     def interrupt(self) -> None:
         """Stop the statement the writer is running (used to cancel a run)."""

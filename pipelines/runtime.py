@@ -25,6 +25,7 @@ from dataproduct.errors import (
     NotReadyError,
 )
 from dataproduct.ingest import FileFormat, Ingestion, file_reader, load_stream
+from dataproduct.result_cache import ResultCache
 from dataproduct.settings import DataproductSettings
 from dataproduct.storage import Storage, file_connection
 from pipelines.lineage import lineage_document
@@ -71,6 +72,7 @@ class ProductRuntime:
         with storage.transaction() as cursor:
             create_meta_tables(cursor)
         self.access = AccessControl(descriptor, storage, settings)
+        self.results = ResultCache(settings.result_cache_bytes)
         self.emitter = OpenLineageEmitter(
             descriptor.name,
             url=settings.openlineage_url,

@@ -1,15 +1,15 @@
 """Who is calling: a bearer JWT or an API key, checked on every port but health and discovery.
 
 Each dependency authenticates, applies the caller's rate limit and leaves the principal on
-`request.state` for the audit log. They are synchronous on purpose: FastAPI runs them in a
-worker thread, so fetching an issuer's keys never blocks the event loop.
+`request.state` for the audit log.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from fastapi import Request
+from starlette.concurrency import run_in_threadpool
 
 from dataproduct.security import ANONYMOUS, Principal, bearer_token
 from pipelines.runtime import ProductRuntime
@@ -28,34 +28,41 @@ def _credential(request: Request) -> str:
     return bearer_token(request.headers.get("authorization"))
 
 
-def authenticate(request: Request) -> Principal:
-    """The caller's principal (401 without a valid credential), rate limited (429)."""
+async def authenticate(request: Request) -> Principal:
+    """The caller's principal (401 without a valid credential), rate limited (429).
+
+    A credential checked moments ago is known without a thread; a new JWT is checked in a
+    worker thread, since fetching an issuer's keys blocks.
+    """
     access = runtime_of(request).access
-    principal = access.authenticate(_credential(request))
+    credential = _credential(request)
+    principal = access.known_token(credential)
+    if principal is None:
+        principal = await run_in_threadpool(access.authenticate, credential)
     request.state.principal = principal
     access.limiter.take(principal.subject)
     return principal
 
 
-def require_scope(scope: str) -> Callable[[Request], Principal]:
+def require_scope(scope: str) -> Callable[[Request], Awaitable[Principal]]:
     """A dependency: an authenticated caller whose credential permits `scope`."""
 
-    def dependency(request: Request) -> Principal:
-        principal = authenticate(request)
+    async def dependency(request: Request) -> Principal:
+        principal = await authenticate(request)
         principal.require(scope)
         return principal
 
     return dependency
 
 
-def require_admin(request: Request) -> Principal:
+async def require_admin(request: Request) -> Principal:
     """A dependency: an authenticated administrator of the product."""
-    principal = authenticate(request)
+    principal = await authenticate(request)
     runtime_of(request).access.require_admin(principal)
     return principal
 
 
-def optional_principal(request: Request) -> Principal:
+async def optional_principal(request: Request) -> Principal:
     """A dependency for open ports: the caller if it sent a credential, else anonymous.
 
     A credential that is sent must be valid. With `discovery_public` off, one is required.
@@ -63,15 +70,15 @@ def optional_principal(request: Request) -> Principal:
     runtime = runtime_of(request)
     sent = request.headers.get("authorization") or request.headers.get("x-api-key")
     if sent or not runtime.settings.discovery_public:
-        return authenticate(request)
+        return await authenticate(request)
     client = request.client.host if request.client else "unknown"
     runtime.access.limiter.take(f"client:{client}")
     return ANONYMOUS
 
 
-def require_metrics_reader(request: Request) -> Principal:
+async def require_metrics_reader(request: Request) -> Principal:
     """A dependency: `metrics:read` (a scraper's key) or an administrator."""
-    principal = authenticate(request)
+    principal = await authenticate(request)
     if "metrics:read" not in principal.scopes:
         runtime_of(request).access.require_admin(principal)
     return principal

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
 from typing import Annotated, Any
 
 import pyarrow as pa
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from sqlglot import exp
+from starlette.concurrency import run_in_threadpool
 
 from dataproduct.discovery import dataset_documents
 from dataproduct.errors import BadRequestError, NotAcceptableError
@@ -23,6 +25,7 @@ from dataproduct.reading import (
     restrict_query,
     select_columns,
 )
+from dataproduct.result_cache import CachedResult, deterministic
 from dataproduct.security import Principal
 from ports.auth import require_scope, runtime_of
 from ports.streaming import MEDIA_TYPES, encode_batches
@@ -78,7 +81,7 @@ def list_datasets(request: Request, principal: Reader) -> dict[str, Any]:
 
 
 @router.get("/datasets/{name}", response_model=None)
-def read_dataset(
+async def read_dataset(
     name: str,
     request: Request,
     principal: Reader,
@@ -98,28 +101,37 @@ def read_dataset(
     wanted = select_columns(dataset, _split(columns))
     if chosen == "json":
         page_size = min(limit or settings.default_page_rows, settings.max_page_rows)
-        page = read_page(
-            runtime.storage,
-            dataset,
-            wanted,
-            limit=page_size,
-            cursor_token=cursor,
-            access=access,
-            timeout_s=settings.query_timeout_s,
-        )
-        request.state.rows = len(page.rows_json)
-        envelope = {
-            "dataset": dataset.name,
-            "version": dataset.version,
-            "limit": page_size,
-            "next_cursor": page.next_cursor,
-        }
-        return _json_page(page.rows_json, envelope)
+        # a page is fixed by the publish (run id), the projection, the place and the view
+        key = (
+            "page", dataset.table_name, dataset.run_id, tuple(c["name"] for c in wanted),
+            page_size, cursor, access.fingerprint,
+        )  # fmt: skip
+
+        def page_body() -> CachedResult:
+            page = read_page(
+                runtime.storage,
+                dataset,
+                wanted,
+                limit=page_size,
+                cursor_token=cursor,
+                access=access,
+                timeout_s=settings.query_timeout_s,
+            )
+            envelope = {
+                "dataset": dataset.name,
+                "version": dataset.version,
+                "limit": page_size,
+                "next_cursor": page.next_cursor,
+            }
+            return _json_body(page.rows_json, envelope)
+
+        return await _cached(request, key, page_body)
     if cursor:
         raise BadRequestError(
             "cursor pages JSON only; other formats stream every row", where="cursor"
         )
-    db_cursor, reader = open_stream(
+    db_cursor, reader = await run_in_threadpool(
+        open_stream,
         runtime.storage,
         dataset,
         wanted,
@@ -137,6 +149,17 @@ def read_dataset(
     )
 
 
+async def _cached(request: Request, key: Hashable, compute: Callable[[], CachedResult]) -> Response:
+    """The JSON body from the result cache, or computed in a worker thread and kept."""
+    results = runtime_of(request).results
+    found = results.get(key)
+    if found is None:
+        found = await run_in_threadpool(compute)
+        results.put(key, found)
+    request.state.rows = found.rows
+    return Response(found.body, media_type=MEDIA_TYPES["json"])
+
+
 def _split(columns: str | None) -> list[str] | None:
     if columns is None:
         return None
@@ -146,11 +169,11 @@ def _split(columns: str | None) -> list[str] | None:
     return names
 
 
-def _json_page(rows: list[str], envelope: dict[str, Any]) -> Response:
+def _json_body(rows: list[str], envelope: dict[str, Any]) -> CachedResult:
     """Rows are JSON text already (typed by DuckDB); the envelope is assembled around them."""
     head = json.dumps({**envelope, "count": len(rows)})
     body = head[:-1] + ', "data": [' + ",".join(rows) + "]}"
-    return Response(body, media_type=MEDIA_TYPES["json"])
+    return CachedResult(body.encode(), len(rows))
 
 
 class QueryRequest(BaseModel):
@@ -164,23 +187,36 @@ class QueryRequest(BaseModel):
 
 
 @router.post("/query", response_model=None)
-def query(body: QueryRequest, request: Request, principal: Reader) -> Response:
+async def query(body: QueryRequest, request: Request, principal: Reader) -> Response:
     """Guarded read-only SQL over `output.*`: JSON (bounded) or streamed formats."""
     runtime = runtime_of(request)
     settings = runtime.settings
     chosen = negotiate(body.format, request.headers.get("accept"))
-    statement = restrict_query(
-        runtime.storage,
-        guarded_query(body.sql),
-        lambda dataset: runtime.access.read_access(principal, dataset),
-    )
     timeout_s = settings.query_timeout_s
+    access = runtime.access
+    # the answer depends on the data (generation), the grants and who asks
+    generation, grants = runtime.storage.generation, access.grants.version
     if chosen == "json":
         limit = min(body.limit or settings.max_page_rows, settings.max_page_rows)
-        rows, truncated = query_page(runtime.storage, statement, limit, timeout_s)
-        request.state.rows = len(rows)
-        return _json_page(rows, {"limit": limit, "truncated": truncated})
-    db_cursor, reader = open_query_stream(
+        key = ("query", generation, grants, principal, body.sql, limit)
+        found = runtime.results.get(key)
+        if found is not None:
+            request.state.rows = found.rows
+            return Response(found.body, media_type=MEDIA_TYPES["json"])
+    statement = await run_in_threadpool(_restricted, request, body.sql, principal)
+    if chosen == "json":
+
+        def answer() -> CachedResult:
+            rows, truncated = query_page(runtime.storage, statement, limit, timeout_s)
+            return _json_body(rows, {"limit": limit, "truncated": truncated})
+
+        result = await run_in_threadpool(answer)
+        if deterministic(statement):
+            runtime.results.put(key, result)
+        request.state.rows = result.rows
+        return Response(result.body, media_type=MEDIA_TYPES["json"])
+    db_cursor, reader = await run_in_threadpool(
+        open_query_stream,
         runtime.storage,
         statement,
         limit=body.limit,
@@ -190,6 +226,16 @@ def query(body: QueryRequest, request: Request, principal: Reader) -> Response:
     return StreamingResponse(
         encode_batches(counted(reader, request), chosen, db_cursor),
         media_type=MEDIA_TYPES[chosen],
+    )
+
+
+def _restricted(request: Request, sql: str, principal: Principal) -> exp.Query:
+    """The caller's query, guarded and limited to what it may see."""
+    runtime = runtime_of(request)
+    return restrict_query(
+        runtime.storage,
+        guarded_query(sql),
+        lambda dataset: runtime.access.read_access(principal, dataset),
     )
 
 

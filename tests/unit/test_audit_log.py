@@ -254,10 +254,12 @@ def test_records_made_during_a_flush_are_not_lost(
     real_transaction = storage.transaction
 
     @contextmanager
-    def request_arrives_meanwhile(*, wait: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
+    def request_arrives_meanwhile(
+        *, wait: bool = True, changes_data: bool = True
+    ) -> Iterator[duckdb.DuckDBPyConnection]:
         monkeypatch.setattr(storage, "transaction", real_transaction)
         bounded.record(late)  # a request ends while the batch is being written
-        with real_transaction(wait=wait) as cursor:
+        with real_transaction(wait=wait, changes_data=changes_data) as cursor:
             yield cursor
 
     monkeypatch.setattr(storage, "transaction", request_arrives_meanwhile)
