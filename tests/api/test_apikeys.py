@@ -159,6 +159,7 @@ def test_an_expired_key_is_refused(
 def _tampered(key: str) -> dict[str, str]:
     """Variants of a valid key that must all be refused."""
     prefix, key_id, secret = key[:4], key[4:20], key[21:]
+    upper = key_id.upper()
     swap = dict(zip("abcdefABCDEF0123456789-_", "bcdefaBCDEFA1234567890_-", strict=True))
 
     def flip(text: str, index: int) -> str:
@@ -171,7 +172,8 @@ def _tampered(key: str) -> dict[str, str]:
         "secret truncated": key[:-1],
         "secret extended": key + "A",
         "other prefix": "dpx_" + key[4:],
-        "upper-case id": f"{prefix}{key_id.upper()}_{secret}" if key_id != key_id.upper() else "",
+        # an id of digits only has no letter to raise: an upper-case letter goes in front
+        "upper-case id": f"{prefix}{upper if upper != key_id else 'A' + key_id[1:]}_{secret}",
         "prefix only": "dpk_",
     }
 
@@ -184,8 +186,6 @@ def test_a_tampered_key_is_refused(client: TestClient, admin: dict[str, str], ca
     """Changing one character anywhere, cutting or extending the key: 401 JSON."""
     key = create_key(client, admin)["key"]
     forged = _tampered(key)[case]
-    if not forged:
-        pytest.skip("the id has no letter to change case")
     assert forged != key
     for headers in (bearer(forged), x_api_key(forged)):
         response = client.get(PUBLIC, headers=headers)
