@@ -65,9 +65,16 @@ def free_port() -> int:
         return port
 
 
-def token(secret: str, *scopes: str, subject: str = "container-test") -> dict[str, str]:
-    """An Authorization header with an HS256 token holding `scopes`."""
-    claims = {"sub": subject, "scope": " ".join(scopes), "exp": int(time.time()) + 600}
+def token(
+    secret: str, *scopes: str, subject: str = "container-test", groups: tuple[str, ...] = ()
+) -> dict[str, str]:
+    """An Authorization header with an HS256 token holding `scopes` (and `groups`)."""
+    claims = {
+        "sub": subject,
+        "scope": " ".join(scopes),
+        "groups": list(groups),
+        "exp": int(time.time()) + 600,
+    }
     return {"Authorization": f"Bearer {jwt.encode(claims, secret, algorithm='HS256')}"}
 
 
@@ -288,7 +295,10 @@ def test_input_port_accepts_a_pushed_csv(client: httpx.Client, container: Contai
     response = client.post(
         f"/input/{PUSH_SOURCE}",
         content=body,
-        headers={**token(container.secret, "input:write"), "content-type": "text/csv"},
+        headers={
+            **token(container.secret, "input:write", groups=("returns-writers",)),
+            "content-type": "text/csv",
+        },
     )
     assert response.status_code == 201, response.text
     result = response.json()
