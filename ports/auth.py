@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
+from dataproduct.errors import AuthenticationError
 from dataproduct.security import ANONYMOUS, Principal, bearer_token
 from pipelines.runtime import ProductRuntime
 
@@ -35,10 +36,14 @@ async def authenticate(request: Request) -> Principal:
     worker thread, since fetching an issuer's keys blocks.
     """
     access = runtime_of(request).access
-    credential = _credential(request)
-    principal = access.known_token(credential)
-    if principal is None:
-        principal = await run_in_threadpool(access.authenticate, credential)
+    try:
+        credential = _credential(request)
+        principal = access.known_token(credential)
+        if principal is None:
+            principal = await run_in_threadpool(access.authenticate, credential)
+    except AuthenticationError:
+        access.limiter.take(_client_key(request))  # guessing credentials is rate limited too
+        raise
     request.state.principal = principal
     access.limiter.take(principal.subject)
     return principal
@@ -71,9 +76,13 @@ async def optional_principal(request: Request) -> Principal:
     sent = request.headers.get("authorization") or request.headers.get("x-api-key")
     if sent or not runtime.settings.discovery_public:
         return await authenticate(request)
-    client = request.client.host if request.client else "unknown"
-    runtime.access.limiter.take(f"client:{client}")
+    runtime.access.limiter.take(_client_key(request))
     return ANONYMOUS
+
+
+def _client_key(request: Request) -> str:
+    """The rate-limit key of a caller without a principal: its address."""
+    return f"client:{request.client.host if request.client else 'unknown'}"
 
 
 async def require_metrics_reader(request: Request) -> Principal:

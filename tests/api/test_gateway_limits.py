@@ -460,6 +460,19 @@ def test_anonymous_discovery_is_limited_per_client_address(
             other.close()
 
 
+def test_guessing_credentials_is_limited_per_client_address(
+    example_product: Path, settings: DataproductSettings, reader: dict[str, str]
+) -> None:
+    """Bad tokens spend the caller's address bucket: 401, 401, then 429."""
+    forged = {"Authorization": "Bearer not-a-token"}
+    with started(example_product, settings, rate_limit_per_s=0.5, rate_limit_burst=2) as client:
+        for _ in range(2):
+            assert_error(client.get("/output/datasets", headers=forged), 401)
+        assert_error(client.get("/output/datasets", headers=forged), 429, "rate_limited")
+        # a valid credential has a bucket of its own
+        assert client.get("/output/datasets", headers=reader).status_code == 200
+
+
 def test_health_is_never_rate_limited(example_product: Path, settings: DataproductSettings) -> None:
     """Probes keep working for a caller whose discovery bucket is empty."""
     with started(example_product, settings, rate_limit_per_s=0.5, rate_limit_burst=1) as client:
