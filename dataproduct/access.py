@@ -120,10 +120,6 @@ class AccessControl:
             )
         return access
 
-    def readable(self, principal: Principal, datasets: list[PublishedDataset]) -> list[str]:
-        """Names of the datasets the principal may read."""
-        return [d.name for d in datasets if self.policy.read_access(principal, d.name)]
-
     def require_write(self, principal: Principal, source: str) -> None:
         """PermissionDeniedError unless the principal may push to the source."""
         if not self.policy.can_write(principal, source):

@@ -83,9 +83,10 @@ class Policy:
     def read_access(self, principal: Principal, dataset: str) -> DatasetAccess | None:
         """How the principal may read the dataset; None when it may not."""
         tags = set(self.tags(dataset))
+        held = self._held(principal)
         grants = [
             g.spec
-            for g in self._held(principal)
+            for g in held
             if g.spec.dataset == dataset or (g.spec.tag is not None and g.spec.tag in tags)
         ]
         if self.is_admin(principal) or PUBLIC_TAG in tags:
@@ -94,7 +95,7 @@ class Policy:
             return None
         return DatasetAccess(
             dataset,
-            masks=self._masks(principal, dataset, grants),
+            masks=self._masks(dataset, grants, {g.spec.tag for g in held if g.spec.tag}),
             row_filter=_any_filter(grants),
             salt=self.salt,
         )
@@ -106,13 +107,12 @@ class Policy:
         )
 
     def _masks(
-        self, principal: Principal, dataset: str, grants: list[GrantSpec]
+        self, dataset: str, grants: list[GrantSpec], held_tags: set[str]
     ) -> dict[str, MaskKind]:
         masks: dict[str, MaskKind] = {}
         for name in set.intersection(*(set(g.masks) for g in grants)):
             kinds = {g.masks[name] for g in grants}
             masks[name] = "hash" if "hash" in kinds else "null"
-        held_tags = {g.spec.tag for g in self._held(principal) if g.spec.tag}
         for name, column in self._spec(dataset).columns.items():
             level = column.classification
             if level and level not in OPEN_CLASSIFICATIONS and level not in held_tags:

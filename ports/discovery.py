@@ -38,23 +38,26 @@ def discover(request: Request, caller: Caller) -> HTMLResponse | JSONResponse:
         runtime.descriptor, runtime.storage, base_url, sources, policy, caller
     )
     if _wants_html(request):
-        details = dataset_documents(runtime.descriptor, runtime.storage, base_url, policy, caller)
-        return HTMLResponse(product_page(document, details))
+        return HTMLResponse(product_page(document, documents_for(request, caller)))
     return JSONResponse(document)
 
 
 @router.get("/datasets")
 def datasets(request: Request, caller: Caller) -> dict[str, Any]:
     """Every published dataset: schema, size, freshness and SQL where the caller may see them."""
+    return {"datasets": documents_for(request, caller)}
+
+
+def documents_for(request: Request, caller: Principal) -> list[dict[str, Any]]:
+    """Every published dataset as `caller` may see it (in full where it may read it)."""
     runtime = runtime_of(request)
-    documents = dataset_documents(
+    return dataset_documents(
         runtime.descriptor,
         runtime.storage,
         runtime.settings.base_url(),
         runtime.access.policy,
         caller,
     )
-    return {"datasets": documents}
 
 
 @router.get("/datasets/{name}")

@@ -13,7 +13,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlglot import exp
 from starlette.concurrency import run_in_threadpool
 
-from dataproduct.discovery import dataset_documents
 from dataproduct.errors import BadRequestError, NotAcceptableError
 from dataproduct.reading import (
     find_dataset,
@@ -28,6 +27,7 @@ from dataproduct.reading import (
 from dataproduct.result_cache import CachedResult, deterministic
 from dataproduct.security import Principal
 from ports.auth import require_scope, runtime_of
+from ports.discovery import documents_for
 from ports.streaming import MEDIA_TYPES, encode_batches
 
 router = APIRouter(prefix="/output", tags=["output"])
@@ -69,14 +69,7 @@ def negotiate(format_param: str | None, accept: str | None) -> str:
 @router.get("/datasets")
 def list_datasets(request: Request, principal: Reader) -> dict[str, Any]:
     """Datasets this principal may read, with schema and links."""
-    runtime = runtime_of(request)
-    documents = dataset_documents(
-        runtime.descriptor,
-        runtime.storage,
-        runtime.settings.base_url(),
-        runtime.access.policy,
-        principal,
-    )
+    documents = documents_for(request, principal)
     return {"datasets": [d for d in documents if d["access"]["readable"]]}
 
 
