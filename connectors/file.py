@@ -10,7 +10,7 @@ from typing import Any, Literal
 import pyarrow as pa
 from pydantic import Field
 
-from dataproduct.connector import Connector, SourceSpec
+from dataproduct.connector import Connector, LoadState, SourceSpec
 from dataproduct.errors import SourceError
 from dataproduct.ingest import FileFormat, file_reader, format_from_name
 
@@ -50,7 +50,7 @@ class FileConnector(Connector):
             )
         return found
 
-    def open_stream(self) -> AbstractContextManager[pa.RecordBatchReader]:
+    def open_stream(self, state: LoadState) -> AbstractContextManager[pa.RecordBatchReader]:
         """Stream the matching files; SourceError when none match."""
         pattern = self.resolved_path()
         if not glob.glob(pattern):

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
-from dataproduct.connector import Connector, LoadMode, SourceSpec
+from dataproduct.connector import Connector, LoadMode, LoadState, SourceSpec
 from dataproduct.errors import ConflictError
 from dataproduct.ingest import FileFormat
 
@@ -26,7 +26,7 @@ class PushConnector(Connector):
     spec_class = PushSpec
     pulls = False
 
-    def open_stream(self) -> AbstractContextManager[pa.RecordBatchReader]:
+    def open_stream(self, state: LoadState) -> AbstractContextManager[pa.RecordBatchReader]:
         """A push source has nothing to pull."""
         raise ConflictError(
             f"source {self.name} is a push source: send data to POST /input/{self.name}",

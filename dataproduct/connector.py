@@ -1,41 +1,83 @@
 """The connector interface and its registry.
 
-A connector is a small class with a typed spec (pydantic, `type: Literal[...]`). It turns a
-source into a stream of Arrow record batches; the core loads that stream into
-`input.<source>` in one transaction. Connectors are found by `type` through the
-`dataproduct.connectors` entry-point group, so a third party adds one by installing a
-package that declares it.
+A connector is a small class with a typed spec (pydantic, `type: Literal[...]`). A pulling
+connector turns a source into a stream of Arrow record batches; the core checks that stream
+against the declared columns and loads it into `input.<source>` in one transaction. A
+message connector runs in the background and hands micro-batches of broker messages to a
+sink that commits them. Connectors are found by `type` through the `dataproduct.connectors`
+entry-point group, so a third party adds one by installing a package that declares it.
 """
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic import ValidationError as PydanticValidationError
 
-from dataproduct.descriptor import DESCRIPTOR_FILE, ProductDescriptor, SourceConfig
-from dataproduct.errors import DescriptorError
+from dataproduct.descriptor import (
+    DESCRIPTOR_FILE,
+    ColumnSpec,
+    ProductDescriptor,
+    SourceConfig,
+    check_identifier,
+)
+from dataproduct.errors import ConflictError, DescriptorError
+from dataproduct.secrets import SecretResolver
 
 ENTRY_POINT_GROUP = "dataproduct.connectors"
 
 LoadMode = Literal["replace", "append"]
+NewColumnPolicy = Literal["add", "ignore", "refuse"]
+
+
+class IncrementalSpec(BaseModel):
+    """`incremental: {cursor: updated_at}`: load only rows past the last high-water mark.
+
+    With `unique_key`, a row whose key is already loaded replaces the old one (a merge);
+    without it, new rows are appended.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cursor: str = Field(min_length=1)
+    unique_key: list[str] = []
 
 
 class SourceSpec(BaseModel):
-    """Base of every connector's spec: the fields of one entry under `sources:`."""
+    """Base of every connector's spec: the fields of one entry under `sources:`.
+
+    `columns` is the source's data dictionary: each declared column must arrive with a
+    value that fits its type (and not null when required). `new_columns` says what happens
+    to a column the dictionary does not declare: `add` it, `ignore` (drop) it, or `refuse`
+    the load. `retries` is how often a transient fault (a source that is down) is retried,
+    with exponential backoff; `trigger_run` starts a pipeline run after each load.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: str
     mode: LoadMode = "replace"
+    columns: dict[str, ColumnSpec] = {}
+    new_columns: NewColumnPolicy = "add"
+    retries: int = Field(default=3, ge=0, le=10)
+    trigger_run: bool = False
+
+    @field_validator("columns")
+    @classmethod
+    def _column_names(cls, value: dict[str, ColumnSpec]) -> dict[str, ColumnSpec]:
+        for name in value:
+            check_identifier(name, "column name")
+        return value
 
 
 @dataclass(frozen=True)
@@ -44,6 +86,17 @@ class SourceContext:
 
     product_dir: Path
     data_dir: Path
+
+
+@dataclass(frozen=True)
+class LoadState:
+    """What the core tells a connector about the load it opens.
+
+    `watermark` is the high-water mark of the cursor column after the last successful
+    incremental load (None for the first load or a full refresh): read only rows past it.
+    """
+
+    watermark: Any = None
 
 
 class Connector(ABC):
@@ -56,14 +109,75 @@ class Connector(ABC):
         self.name = name
         self.spec = spec
         self.context = context
+        self.secrets = SecretResolver(where=f"sources.{name}")
 
     @abstractmethod
-    def open_stream(self) -> AbstractContextManager[pa.RecordBatchReader]:
-        """Open the source; the context yields its rows as a stream of record batches."""
+    def open_stream(self, state: LoadState) -> AbstractContextManager[pa.RecordBatchReader]:
+        """Open the source; the context yields its rows as a stream of record batches.
+
+        Raise SourceUnavailableError for a fault that may pass (the core retries it) and
+        SourceError for one that will not (bad credentials, a missing table, bad content).
+        """
+
+    @property
+    def incremental(self) -> IncrementalSpec | None:
+        """The incremental settings, for connectors whose spec has them."""
+        found = getattr(self.spec, "incremental", None)
+        return found if isinstance(found, IncrementalSpec) else None
+
+    def secret(self, value: str) -> str:
+        """A spec value with its `${env:...}` and `${file:...}` references read."""
+        return self.secrets.resolve(value)
 
     def describe(self) -> dict[str, Any]:
         """What discovery may show of this source (never credentials)."""
-        return {"type": self.spec.type, "mode": self.spec.mode}
+        found: dict[str, Any] = {"type": self.spec.type, "mode": self.spec.mode}
+        if self.incremental:
+            found["incremental"] = self.incremental.model_dump()
+        if self.spec.columns:
+            found["columns"] = {
+                name: column.model_dump(exclude_defaults=True)
+                for name, column in self.spec.columns.items()
+            }
+        return found
+
+
+@dataclass(frozen=True)
+class Message:
+    """One broker message: its id (for de-duplication) and its body (a JSON record, an
+    array of records, or NDJSON lines)."""
+
+    id: str
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class MessageSink(ABC):
+    """Where a message connector lands what it receives."""
+
+    @abstractmethod
+    def land(self, messages: Sequence[Message]) -> int:
+        """Commit a micro-batch to `input.<source>` (all or nothing, already-seen ids
+        skipped) and return the rows added. Acknowledge the messages only after it returns;
+        if it raises, do not acknowledge them (the broker will deliver them again)."""
+
+
+class MessageConnector(Connector):
+    """A source that subscribes to a broker and lands messages in micro-batches."""
+
+    pulls = False
+
+    @abstractmethod
+    def consume(self, sink: MessageSink, stop: threading.Event) -> None:
+        """Receive until `stop` is set, landing micro-batches in `sink`. Raise
+        SourceUnavailableError when the broker is lost; the core reconnects with backoff."""
+
+    def open_stream(self, state: LoadState) -> AbstractContextManager[pa.RecordBatchReader]:
+        """Message sources are not pulled on demand."""
+        raise ConflictError(
+            f"source {self.name} receives broker messages; it is not pulled",
+            where=f"sources.{self.name}",
+        )
 
 
 @cache

@@ -69,7 +69,7 @@ class DatasetSpec(_Strict):
     @classmethod
     def _column_names(cls, value: dict[str, ColumnSpec]) -> dict[str, ColumnSpec]:
         for name in value:
-            _check_identifier(name, "column name")
+            check_identifier(name, "column name")
         return value
 
     @field_validator("quality")
@@ -166,14 +166,14 @@ class ProductDescriptor(_Strict):
     @classmethod
     def _source_names(cls, value: dict[str, SourceConfig]) -> dict[str, SourceConfig]:
         for name in value:
-            _check_identifier(name, "source name")
+            check_identifier(name, "source name")
         return value
 
     @field_validator("datasets")
     @classmethod
     def _dataset_names(cls, value: dict[str, DatasetSpec]) -> dict[str, DatasetSpec]:
         for name in value:
-            _check_identifier(name, "dataset name")
+            check_identifier(name, "dataset name")
         return value
 
     @field_validator("schedule")
@@ -244,7 +244,7 @@ def normalize_type(type_name: str) -> str:
     return built.sql("duckdb")
 
 
-def _check_identifier(name: str, what: str) -> None:
+def check_identifier(name: str, what: str) -> None:
     if not re.match(IDENTIFIER, name):
         raise ValueError(
             f"{what} '{name}' must be lowercase letters, digits and underscores, "

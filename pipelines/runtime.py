@@ -10,12 +10,13 @@ import shutil
 import threading
 from contextlib import suppress
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from dataproduct.access import AccessControl
 from dataproduct.catalog import create_meta_tables
-from dataproduct.connector import Connector, SourceContext, build_connectors
+from dataproduct.connector import Connector, LoadState, SourceContext, build_connectors
 from dataproduct.cron import Cron
 from dataproduct.descriptor import ProductDescriptor, load_descriptor
 from dataproduct.errors import (
@@ -148,7 +149,7 @@ class ProductRuntime:
                 load_stream(
                     self.storage,
                     source_name,
-                    connector.open_stream,
+                    partial(connector.open_stream, LoadState()),
                     mode=connector.spec.mode,
                     principal=principal,
                 )
