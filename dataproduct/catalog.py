@@ -50,6 +50,12 @@ def create_meta_tables(cursor: duckdb.DuckDBPyConnection) -> None:
     for ddl in META_DDL:
         cursor.execute(ddl)
     cursor.execute("ALTER TABLE meta.datasets ADD COLUMN IF NOT EXISTS version INTEGER DEFAULT 1")
+    for column, kind in (
+        ("watermark", "JSON"),
+        ("idempotency_key", "VARCHAR"),
+        ("attempts", "INTEGER"),
+    ):
+        cursor.execute(f"ALTER TABLE meta.ingestions ADD COLUMN IF NOT EXISTS {column} {kind}")
 
 
 @dataclass(frozen=True)

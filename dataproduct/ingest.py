@@ -11,8 +11,8 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -21,8 +21,12 @@ import duckdb
 import pyarrow as pa
 from sqlglot import exp
 
-from dataproduct.errors import DataproductError, SourceError, ValidationError
+from dataproduct import watermark
+from dataproduct.errors import DataproductError, SourceError
+from dataproduct.input_schema import InputRules, conform
+from dataproduct.input_write import write_input
 from dataproduct.storage import Storage, fetch_one
+from dataproduct.watermark import LoadMeter
 
 FileFormat = Literal["csv", "json", "ndjson", "parquet"]
 FILE_FORMATS: tuple[FileFormat, ...] = ("csv", "json", "ndjson", "parquet")
@@ -31,7 +35,6 @@ ROW_GROUP_ROWS = 122_880  # DuckDB's default row group size
 # partial row group behind each batch, which the next checkpoint rewrites (10M rows of CSV:
 # +2-4 s at close and a database file nearly twice as large).
 BATCH_ROWS = 2 * ROW_GROUP_ROWS
-_STREAM_NAME = "__dataproduct_ingest_stream"
 
 _EXTENSIONS: dict[str, FileFormat] = {
     ".csv": "csv",
@@ -119,6 +122,10 @@ class Ingestion:
     started_at: datetime
     finished_at: datetime
     error: dict[str, Any] | None = None
+    watermark: str | None = None
+    idempotency_key: str | None = None
+    attempts: int = 1
+    replayed: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -126,126 +133,208 @@ class Ingestion:
         data["started_at"] = self.started_at.isoformat()
         data["finished_at"] = self.finished_at.isoformat()
         data["duration_s"] = round((self.finished_at - self.started_at).total_seconds(), 3)
+        data["watermark"] = watermark.shown(self.watermark)
+        if not self.replayed:
+            del data["replayed"]
         return data
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How one load is done.
+
+    `cursor` names the column whose maximum becomes the load's watermark; `unique_key`
+    makes an append a merge; `retries` transient faults are retried after `backoff_s`,
+    doubled each time; `before_commit` runs inside the load's transaction, last.
+    """
+
+    mode: str = "replace"
+    rules: InputRules | None = None
+    cursor: str | None = None
+    unique_key: tuple[str, ...] = ()
+    retries: int = 0
+    backoff_s: float = 0.5
+    idempotency_key: str | None = None
+    before_commit: Callable[[duckdb.DuckDBPyConnection], None] | None = None
+
+
+MAX_BACKOFF_S = 30.0
+
+
+class _Replayed(Exception):
+    """The idempotency key was used by a load that committed meanwhile."""
 
 
 def load_stream(
     storage: Storage,
     source: str,
     open_stream: Callable[[], Any],
+    options: LoadOptions | None = None,
     *,
-    mode: str,
     principal: str,
+    mode: str | None = None,
     size_bytes: int = 0,
-    redact: dict[str, str] | None = None,
+    redact: Callable[[DataproductError], None] | None = None,
+    meter: LoadMeter | None = None,
 ) -> Ingestion:
     """Load a stream of batches into `input.<source>` in one transaction and record it.
 
-    `open_stream` is a context manager factory yielding a RecordBatchReader. On any error
-    the input table is left exactly as it was, the failure is recorded, and the error is
-    raised again, with each key of `redact` in its text replaced by its value.
+    `open_stream` is a context manager factory yielding a RecordBatchReader; it is called
+    again for each retry of a transient fault. On any error the input table is left
+    exactly as it was, the failure is recorded (after `redact` hides private details) and
+    the error is raised again. A load whose idempotency key already committed is not done
+    again: its first record comes back, marked `replayed`.
     """
+    options = options or LoadOptions()
+    if mode is not None:
+        options = replace(options, mode=mode)
+    if options.idempotency_key:
+        earlier = find_ingestion(storage, source, options.idempotency_key)
+        if earlier is not None:
+            return replace(earlier, replayed=True)
     started = datetime.now(UTC)
-    ingestion_id = uuid.uuid4().hex[:12]
     clock = time.perf_counter()
-    try:
-        with open_stream() as reader, storage.transaction() as cursor:
-            rows = _write_input(cursor, source, reader, mode)
-    except DataproductError as error:
-        _redact(error, redact or {})
-        record = Ingestion(
-            ingestion_id, source, mode, "failed", principal, 0, size_bytes,
-            started, _after(started, clock), error.to_dict()["error"],
-        )  # fmt: skip
-        _record(storage, record)
-        raise
-    record = Ingestion(
-        ingestion_id, source, mode, "succeeded", principal, rows, size_bytes,
-        started, _after(started, clock),
-    )  # fmt: skip
-    _record(storage, record)
-    return record
+    ingestion_id = uuid.uuid4().hex[:12]
+    attempt = 0
+    while True:
+        attempt += 1
+        meter_now = meter or LoadMeter(options.cursor)
+        meter_now.reset()
+        try:
+            return _load_once(
+                storage, source, open_stream, options, meter_now,
+                Ingestion(
+                    ingestion_id, source, options.mode, "succeeded", principal, 0,
+                    size_bytes, started, started, idempotency_key=options.idempotency_key,
+                    attempts=attempt,
+                ),
+                clock,
+            )  # fmt: skip
+        except _Replayed:
+            earlier = find_ingestion(storage, source, options.idempotency_key or "")
+            assert earlier is not None
+            return replace(earlier, replayed=True)
+        except DataproductError as error:
+            if error.transient and attempt <= options.retries:
+                time.sleep(min(options.backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S))
+                continue
+            if redact is not None:
+                redact(error)
+            failed = Ingestion(
+                ingestion_id, source, options.mode, "failed", principal, 0, size_bytes,
+                started, _after(started, clock), error.to_dict()["error"],
+                idempotency_key=options.idempotency_key, attempts=attempt,
+            )  # fmt: skip
+            with storage.transaction(changes_data=False) as cursor:
+                _record(cursor, failed)
+            raise
 
 
-def _redact(error: DataproductError, replacements: dict[str, str]) -> None:
-    """Hide private details (a server-side upload path) from an error before it is shown."""
-    for secret, shown in replacements.items():
-        error.message = error.message.replace(secret, shown)
-        if error.where:
-            error.where = error.where.replace(secret, shown)
-        error.args = (error.message,)
+def _load_once(
+    storage: Storage,
+    source: str,
+    open_stream: Callable[[], Any],
+    options: LoadOptions,
+    meter: LoadMeter,
+    record: Ingestion,
+    clock: float,
+) -> Ingestion:
+    with open_stream() as reader, storage.transaction() as cursor:
+        if options.idempotency_key and _key_used(cursor, source, options.idempotency_key):
+            raise _Replayed
+        stream = meter.wrap(conform(reader, options.rules, source))
+        rows = write_input(
+            cursor,
+            source,
+            stream,
+            mode=options.mode,
+            declared=options.rules.columns if options.rules else None,
+            unique_key=options.unique_key,
+        )
+        done = replace(
+            record,
+            rows=rows,
+            bytes=record.bytes or meter.bytes,
+            finished_at=_after(record.started_at, clock),
+            watermark=watermark.encode(meter.high),
+        )
+        _record(cursor, done)
+        if options.before_commit is not None:
+            options.before_commit(cursor)
+    return done
 
 
 def _after(started: datetime, clock: float) -> datetime:
     return datetime.fromtimestamp(started.timestamp() + (time.perf_counter() - clock), tz=UTC)
 
 
-def _write_input(
-    cursor: duckdb.DuckDBPyConnection, source: str, reader: pa.RecordBatchReader, mode: str
-) -> int:
-    table = exp.table_(source, db="input", quoted=True)
-    stream = exp.select("*").from_(exp.to_identifier(_STREAM_NAME))
-    exists = fetch_one(
+_COLUMNS = (
+    "id, source, mode, status, principal, rows, bytes, started_at, finished_at, error, "
+    "watermark, idempotency_key, attempts"
+)
+
+
+def _record(cursor: duckdb.DuckDBPyConnection, record: Ingestion) -> None:
+    cursor.execute(
+        f"INSERT INTO meta.ingestions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            record.id, record.source, record.mode, record.status, record.principal,
+            record.rows, record.bytes, record.started_at, record.finished_at,
+            json.dumps(record.error) if record.error else None,
+            record.watermark, record.idempotency_key, record.attempts,
+        ],
+    )  # fmt: skip
+
+
+def _key_used(cursor: duckdb.DuckDBPyConnection, source: str, key: str) -> bool:
+    found = fetch_one(
         cursor,
-        "SELECT count(*) FROM information_schema.tables "
-        "WHERE table_schema = 'input' AND table_name = ?",
-        [source],
+        "SELECT count(*) FROM meta.ingestions "
+        "WHERE source = ? AND idempotency_key = ? AND status = 'succeeded'",
+        [source, key],
     )
-    cursor.register(_STREAM_NAME, reader)
-    try:
-        if mode == "append" and exists and exists[0]:
-            before = _count(cursor, table)
-            insert = exp.Insert(this=table, expression=stream, by_name=True)
-            try:
-                cursor.execute(insert.sql("duckdb"))
-            except (duckdb.BinderException, duckdb.ConversionException) as error:
-                raise ValidationError(
-                    f"rows do not fit input.{source}: {_first_line(error)}",
-                    where=f"input.{source}",
-                ) from None
-            return _count(cursor, table) - before
-        create = exp.Create(this=table, kind="TABLE", replace=True, expression=stream)
-        cursor.execute(create.sql("duckdb"))
-        return _count(cursor, table)
-    finally:
-        with suppress(duckdb.Error):  # an aborted transaction drops it with the rollback
-            cursor.unregister(_STREAM_NAME)
+    return bool(found and found[0])
 
 
-def _count(cursor: duckdb.DuckDBPyConnection, table: exp.Table) -> int:
-    found = fetch_one(cursor, exp.select("count(*)").from_(table).sql("duckdb"))
-    return int(found[0]) if found else 0
+def find_ingestion(storage: Storage, source: str, idempotency_key: str) -> Ingestion | None:
+    """The committed load of `source` that used this idempotency key, if any."""
+    found = _select(
+        storage,
+        "WHERE source = ? AND idempotency_key = ? AND status = 'succeeded' LIMIT 1",
+        [source, idempotency_key],
+    )
+    return found[0] if found else None
 
 
-def _record(storage: Storage, record: Ingestion) -> None:
-    with storage.transaction() as cursor:
-        cursor.execute(
-            "INSERT INTO meta.ingestions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                record.id, record.source, record.mode, record.status, record.principal,
-                record.rows, record.bytes, record.started_at, record.finished_at,
-                json.dumps(record.error) if record.error else None,
-            ],
-        )  # fmt: skip
+def last_watermark(storage: Storage, source: str) -> Any:
+    """The high-water mark of the source's latest successful load (None if never)."""
+    with storage.reader() as cursor:
+        found = fetch_one(
+            cursor,
+            "SELECT watermark FROM meta.ingestions WHERE source = ? AND status = 'succeeded' "
+            "ORDER BY started_at DESC LIMIT 1",
+            [source],
+        )
+    return watermark.decode(found[0]) if found else None
+
+
+def _select(storage: Storage, clause: str, params: list[Any]) -> list[Ingestion]:
+    with storage.reader() as cursor:
+        rows = cursor.execute(f"SELECT {_COLUMNS} FROM meta.ingestions {clause}", params).fetchall()
+    return [
+        Ingestion(
+            r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8],
+            json.loads(r[9]) if r[9] else None, r[10], r[11], r[12] or 1,
+        )
+        for r in rows
+    ]  # fmt: skip
 
 
 def ingestion_history(
     storage: Storage, source: str | None = None, limit: int = 100
 ) -> list[dict[str, Any]]:
     """The latest ingestions, newest first."""
-    query = "SELECT * FROM meta.ingestions"
-    params: list[Any] = []
-    if source:
-        query += " WHERE source = ?"
-        params.append(source)
-    query += " ORDER BY started_at DESC LIMIT ?"
-    params.append(limit)
-    with storage.reader() as cursor:
-        rows = cursor.execute(query, params).fetchall()
-    return [
-        Ingestion(
-            r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8],
-            json.loads(r[9]) if r[9] else None,
-        ).to_dict()
-        for r in rows
-    ]  # fmt: skip
+    clause = "WHERE source = ? " if source else ""
+    params: list[Any] = [source] if source else []
+    found = _select(storage, clause + "ORDER BY started_at DESC LIMIT ?", [*params, limit])
+    return [record.to_dict() for record in found]

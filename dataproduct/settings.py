@@ -60,6 +60,7 @@ class DataproductSettings(BaseSettings):
     memory_limit: str | None = None
     threads: int | None = Field(default=None, ge=1)
     ingest_on_start: bool = True
+    ingest_backoff_s: float = Field(default=0.5, ge=0)
     dataset_versions_kept: int = Field(default=3, ge=1)
     run_timeout_s: float | None = Field(default=None, gt=0)
     openlineage_url: str | None = None

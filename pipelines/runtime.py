@@ -8,24 +8,25 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
+import duckdb
+
 from dataproduct.access import AccessControl
 from dataproduct.catalog import create_meta_tables
-from dataproduct.connector import Connector, LoadState, SourceContext, build_connectors
+from dataproduct.connector import Connector, SourceContext, build_connectors
 from dataproduct.cron import Cron
 from dataproduct.descriptor import ProductDescriptor, load_descriptor
 from dataproduct.errors import (
     ConflictError,
     DataproductError,
-    NotFoundError,
     NotReadyError,
 )
-from dataproduct.ingest import FileFormat, Ingestion, file_reader, load_stream
+from dataproduct.ingest import FileFormat, Ingestion
 from dataproduct.result_cache import ResultCache
 from dataproduct.settings import DataproductSettings
 from dataproduct.storage import Storage, file_connection
@@ -34,9 +35,11 @@ from pipelines.model import Pipeline
 from pipelines.openlineage import OpenLineageEmitter
 from pipelines.planner import Plan, plan_pipeline
 from pipelines.preview import predicted_schemas
+from pipelines.run_requests import RunRequests
 from pipelines.runner import RunOptions
 from pipelines.runs import Run, RunManager, plan_schemas
 from pipelines.schedule import Scheduler
+from pipelines.sources import SourceLoader, StreamFactory
 from pipelines.store import PipelineVersion, get_version, save_version, sync_descriptor_pipeline
 
 log = logging.getLogger("dataproduct")
@@ -70,6 +73,19 @@ class ProductRuntime:
         self.connectors: dict[str, Connector] = build_connectors(
             descriptor, SourceContext(product_dir, self.data_dir)
         )
+        self.sources = SourceLoader(
+            storage,
+            self.connectors,
+            backoff_s=settings.ingest_backoff_s,
+            request_run=self._request_run,
+        )
+        from dataproduct.connector import MessageConnector
+        from dataproduct.messages import InputSink, MessageSupervisor
+
+        self.messages = MessageSupervisor(
+            {n: c for n, c in self.connectors.items() if isinstance(c, MessageConnector)},
+            lambda name: InputSink(name, storage, self.load, spool_dir=self.data_dir / "messages"),
+        )
         with storage.transaction() as cursor:
             create_meta_tables(cursor)
         self.access = AccessControl(descriptor, storage, settings)
@@ -88,6 +104,9 @@ class ProductRuntime:
             emitter=self.emitter if self.emitter.enabled else None,
         )
         self.readiness = Readiness()
+        self.run_requests = RunRequests(
+            lambda trigger: self.start_run("source", trigger=trigger), self.runs.active
+        )
         self.scheduler = (
             Scheduler(Cron.parse(descriptor.schedule), self.refresh)
             if descriptor.schedule
@@ -115,9 +134,11 @@ class ProductRuntime:
             raise
 
     def close(self) -> None:
-        """Stop the schedule and a running run, then close the database."""
+        """Stop the message consumers, the schedule and a running run; close the database."""
+        self.messages.stop()
         if self.scheduler is not None:
             self.scheduler.stop()
+        self.run_requests.stop()
         active = self.runs.active()
         if active is not None:
             with suppress(ConflictError):  # it ended meanwhile
@@ -131,56 +152,52 @@ class ProductRuntime:
 
     def source(self, name: str) -> Connector:
         """A declared source, or NotFoundError."""
-        try:
-            return self.connectors[name]
-        except KeyError:
-            raise NotFoundError(
-                f"no source '{name}'; declared: {', '.join(self.connectors) or 'none'}",
-                where=f"sources/{name}",
-            ) from None
+        return self.sources.source(name)
 
-    def ingest(self, name: str | None, principal: str) -> list[Ingestion]:
+    def ingest(
+        self, name: str | None, principal: str, *, full_refresh: bool = False
+    ) -> list[Ingestion]:
         """Pull one source, or every pulling source, into the input layer."""
-        names = [name] if name else [n for n, c in self.connectors.items() if c.pulls]
-        results = []
-        for source_name in names:
-            connector = self.source(source_name)
-            results.append(
-                load_stream(
-                    self.storage,
-                    source_name,
-                    partial(connector.open_stream, LoadState()),
-                    mode=connector.spec.mode,
-                    principal=principal,
-                )
-            )
-        return results
+        if name is None:
+            return self.sources.pull_all(principal)
+        return [self.sources.pull(name, principal, full_refresh=full_refresh)]
 
     def push_source(self, name: str) -> Connector:
         """A source that receives pushed data: 404 if undeclared, 409 if it pulls."""
-        connector = self.source(name)
-        if connector.pulls:
-            raise ConflictError(
-                f"source '{name}' is pulled by its connector, not pushed to; "
-                "declare a source of type 'push' to receive data",
-                where=f"sources/{name}",
-            )
-        return connector
+        return self.sources.push_source(name)
 
     def push(
-        self, name: str, path: Path, file_format: FileFormat, principal: str, mode: str | None
+        self,
+        name: str,
+        path: Path,
+        file_format: FileFormat,
+        principal: str,
+        mode: str | None = None,
+        *,
+        idempotency_key: str | None = None,
+        run: bool = False,
     ) -> Ingestion:
         """Load a pushed file into `input.<name>` (all rows or none)."""
-        connector = self.push_source(name)
-        return load_stream(
-            self.storage,
-            name,
-            lambda: file_reader(str(path), file_format),
-            mode=mode or connector.spec.mode,
-            principal=principal,
-            size_bytes=path.stat().st_size,
-            redact={str(path): f"the body pushed to {name}"},
-        )
+        return self.sources.push(
+            name, path, file_format, principal,
+            mode=mode, idempotency_key=idempotency_key, run=run,
+        )  # fmt: skip
+
+    def load(
+        self,
+        name: str,
+        open_stream: StreamFactory,
+        *,
+        principal: str,
+        mode: str | None = None,
+        size_bytes: int = 0,
+        before_commit: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
+    ) -> Ingestion:
+        """Load a stream into `input.<name>` under the source's rules (brokers use this)."""
+        return self.sources.load(
+            name, open_stream,
+            principal=principal, mode=mode, size_bytes=size_bytes, before_commit=before_commit,
+        )  # fmt: skip
 
     def upload_dir(self) -> Path:
         """Where pushed bodies are streamed to before loading."""
@@ -269,6 +286,9 @@ class ProductRuntime:
             options=options,
         )
 
+    def _request_run(self, trigger: str) -> None:
+        self.run_requests.request(trigger)
+
     # start-up --------------------------------------------------------------------------
 
     def startup(self) -> None:
@@ -291,6 +311,7 @@ class ProductRuntime:
             self.readiness.ready.set()
             if self.scheduler is not None:
                 self.scheduler.start()
+            self.messages.start()
 
     def refresh(self, principal: str = "scheduler") -> Run:
         """Pull every pulling source, then run the pipeline (what a schedule does)."""

@@ -61,17 +61,27 @@ def ingest_all(request: Request, principal: Admin, run: bool = False) -> dict[st
 
 @router.post("/ingest/{source}")
 def ingest_one(
-    source: str, request: Request, principal: Admin, run: bool = False
+    source: str,
+    request: Request,
+    principal: Admin,
+    run: bool = False,
+    full_refresh: Annotated[
+        bool, Query(description="reload an incremental source from scratch")
+    ] = False,
 ) -> dict[str, Any]:
-    """Pull one source."""
-    return _ingest(request, source, principal, run)
+    """Pull one source (an incremental one from its last watermark)."""
+    return _ingest(request, source, principal, run, full_refresh)
 
 
 def _ingest(
-    request: Request, source: str | None, principal: Principal, run: bool
+    request: Request,
+    source: str | None,
+    principal: Principal,
+    run: bool,
+    full_refresh: bool = False,
 ) -> dict[str, Any]:
     runtime = runtime_of(request)
-    results = runtime.ingest(source, principal.subject)
+    results = runtime.ingest(source, principal.subject, full_refresh=full_refresh)
     body: dict[str, Any] = {"ingestions": [r.to_dict() for r in results]}
     if run:
         body["run"] = runtime.start_run(principal.subject, trigger="ingest").to_dict()
@@ -85,8 +95,13 @@ def ingestions(
     source: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
-    """The latest loads into the input layer, newest first."""
-    return {"ingestions": ingestion_history(runtime_of(request).storage, source, limit)}
+    """Loads streaming now (`running`, with rows so far), then the latest loads, newest first."""
+    runtime = runtime_of(request)
+    running = [r for r in runtime.sources.running() if source in (None, r["source"])]
+    return {
+        "running": running,
+        "ingestions": ingestion_history(runtime.storage, source, limit),
+    }
 
 
 @router.get("/pipeline")

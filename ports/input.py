@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -93,8 +94,18 @@ async def push(
     principal: Writer,
     format: Annotated[str | None, Query(description="csv, json, ndjson, parquet")] = None,
     mode: Annotated[str | None, Query(pattern="^(append|replace)$")] = None,
+    run: Annotated[bool, Query(description="start a pipeline run after the load")] = False,
+    idempotency_key: Annotated[
+        str | None,
+        Header(max_length=200, description="a retried push with the same key is not loaded twice"),
+    ] = None,
 ) -> JSONResponse:
-    """Load the body (a file, or JSON records) into `input.<source>`: all rows or none."""
+    """Load the body (a file, or JSON records) into `input.<source>`: all rows or none.
+
+    201 with the rows accepted; with an `Idempotency-Key` already used for this source, 200
+    and the first load's record (`replayed: true`), nothing loaded again. A row that does not
+    fit the declared columns is refused (422) naming its line and column.
+    """
     runtime = runtime_of(request)
     # 404, 409 and 403 before reading the body
     declared = getattr(runtime.push_source(source).spec, "format", None)
@@ -103,11 +114,19 @@ async def push(
     path = await spool_body(request, runtime.upload_dir(), runtime.settings.max_upload_bytes)
     try:
         ingestion = await run_in_threadpool(
-            runtime.push, source, path, chosen, principal.subject, mode
-        )
+            partial(
+                runtime.push, source, path, chosen, principal.subject, mode,
+                idempotency_key=idempotency_key, run=run,
+            )
+        )  # fmt: skip
     finally:
         path.unlink(missing_ok=True)
     return JSONResponse(
-        {"source": source, "rows": ingestion.rows, "ingestion": ingestion.to_dict()},
-        status_code=201,
+        {
+            "source": source,
+            "rows": ingestion.rows,
+            "replayed": ingestion.replayed,
+            "ingestion": ingestion.to_dict(),
+        },
+        status_code=200 if ingestion.replayed else 201,
     )
