@@ -14,8 +14,10 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
-$(VENV)/.installed-test: $(VENV)/.installed
+# The example third-party connector is installed like any other: through its entry point.
+$(VENV)/.installed-test: $(VENV)/.installed tests/fixtures/example_connector/pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet ./tests/fixtures/example_connector
 	touch $@
 
 run: $(VENV)/.installed

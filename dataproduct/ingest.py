@@ -156,6 +156,7 @@ class LoadOptions:
     backoff_s: float = 0.5
     idempotency_key: str | None = None
     before_commit: Callable[[duckdb.DuckDBPyConnection], None] | None = None
+    watermark: Any = None  # where an incremental load started: kept if no row is newer
 
 
 MAX_BACKOFF_S = 30.0
@@ -239,6 +240,23 @@ def _load_once(
     record: Ingestion,
     clock: float,
 ) -> Ingestion:
+    try:
+        return _write_recorded(storage, source, open_stream, options, meter, record, clock)
+    except Exception:
+        if meter.failure is not None:  # the stream failed: its own error, not the engine's
+            raise meter.failure from None
+        raise
+
+
+def _write_recorded(
+    storage: Storage,
+    source: str,
+    open_stream: Callable[[], Any],
+    options: LoadOptions,
+    meter: LoadMeter,
+    record: Ingestion,
+    clock: float,
+) -> Ingestion:
     with open_stream() as reader, storage.transaction() as cursor:
         if options.idempotency_key and _key_used(cursor, source, options.idempotency_key):
             raise _Replayed
@@ -256,7 +274,7 @@ def _load_once(
             rows=rows,
             bytes=record.bytes or meter.bytes,
             finished_at=_after(record.started_at, clock),
-            watermark=watermark.encode(meter.high),
+            watermark=watermark.encode(options.watermark if meter.high is None else meter.high),
         )
         _record(cursor, done)
         if options.before_commit is not None:

@@ -82,7 +82,8 @@ def _add_new_columns(
     new = [name for name in schema.names if name not in existing]
     if not new:
         return
-    cursor.register(_SHAPE, pa.Table.from_batches([], schema.select(new)))
+    shape = pa.schema([schema.field(name) for name in new])
+    cursor.register(_SHAPE, pa.Table.from_batches([], shape))
     try:
         types = cursor.execute(f'DESCRIBE SELECT * FROM "{_SHAPE}"').fetchall()
     finally:

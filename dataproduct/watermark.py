@@ -17,6 +17,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dataproduct.errors import DataproductError, SourceError
+
 
 class LoadMeter:
     """Wraps a stream to count what passes and track the maximum of one column."""
@@ -26,6 +28,7 @@ class LoadMeter:
         self.rows = 0
         self.bytes = 0
         self.high: Any = None
+        self.failure: DataproductError | None = None
         self._lock = threading.Lock()
 
     def reset(self) -> None:
@@ -33,13 +36,27 @@ class LoadMeter:
         with self._lock:
             self.rows = self.bytes = 0
             self.high = None
+            self.failure = None
 
     def wrap(self, reader: pa.RecordBatchReader) -> pa.RecordBatchReader:
         """The same stream, counted."""
         return pa.RecordBatchReader.from_batches(reader.schema, self._counted(reader))
 
     def _counted(self, reader: pa.RecordBatchReader) -> Iterator[pa.RecordBatch]:
-        for batch in reader:
+        """The batches, counted. An error raised while reading is kept in `failure`: the
+        engine consuming the stream wraps it in its own, and the load raises it instead."""
+        batches = iter(reader)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except DataproductError as error:
+                self.failure = error
+                raise
+            except Exception as error:
+                self.failure = SourceError(f"reading the source failed: {_first_line(error)}")
+                raise
             high = self._batch_high(batch)
             with self._lock:
                 self.rows += batch.num_rows
@@ -105,3 +122,8 @@ def decode(text: str | None) -> Any:
 def shown(text: str | None) -> Any:
     """A stored watermark as JSON shows it (its value only)."""
     return json.loads(text)["value"] if text else None
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -88,6 +88,7 @@ class SourceLoader:
             principal=principal,
             mode="append" if append else connector.spec.mode if incremental is None else "replace",
             unique_key=tuple(incremental.unique_key) if append and incremental else (),
+            watermark=mark,
         )
 
     def pull_all(self, principal: str) -> list[Ingestion]:
@@ -158,6 +159,7 @@ class SourceLoader:
         mode: str | None = None,
         size_bytes: int = 0,
         unique_key: tuple[str, ...] = (),
+        watermark: Any = None,
         idempotency_key: str | None = None,
         line_offset: int | None = None,
         before_commit: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
@@ -173,6 +175,7 @@ class SourceLoader:
             rules=InputRules(spec.columns, spec.new_columns, line_offset),
             cursor=incremental.cursor if incremental else None,
             unique_key=unique_key,
+            watermark=watermark,
             retries=spec.retries,
             backoff_s=self.backoff_s,
             idempotency_key=idempotency_key,

@@ -1,0 +1,220 @@
+"""The connector layer's core: a third-party connector installed through its entry point,
+incremental loads past a kept watermark, merges, retries, progress and secret scrubbing."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+import yaml
+
+from dataproduct.connector import connector_class, connector_types
+from dataproduct.errors import SourceError, SourceUnavailableError
+from dataproduct.ingest import LoadOptions, ingestion_history, load_stream
+from dataproduct.secrets import SecretResolver, mask_url
+from dataproduct.settings import DataproductSettings
+from pipelines.runtime import ProductRuntime
+
+
+def _product(root: Path, sources: dict[str, Any]) -> Path:
+    folder = root / "numbers"
+    folder.mkdir(exist_ok=True)
+    descriptor = {
+        "name": "numbers",
+        "domain": "test",
+        "version": "1.0.0",
+        "owner": {"name": "Test", "email": "test@example.com"},
+        "sources": sources,
+    }
+    (folder / "dataproduct.yaml").write_text(yaml.safe_dump(descriptor), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture
+def numbers(tmp_path: Path, settings: DataproductSettings) -> Iterator[ProductRuntime]:
+    """A product pulling the example `sequence` connector incrementally on `n`."""
+    folder = _product(
+        tmp_path,
+        {"seq": {"type": "sequence", "stop": 2500, "incremental": {"cursor": "n"}}},
+    )
+    runtime = ProductRuntime.open(folder, settings)
+    yield runtime
+    runtime.close()
+
+
+def _rows(runtime: ProductRuntime, table: str = "seq") -> list[tuple[Any, ...]]:
+    with runtime.storage.reader() as cursor:
+        return cursor.execute(f'SELECT * FROM input."{table}" ORDER BY 1').fetchall()
+
+
+def test_a_connector_installed_as_a_package_is_found_by_its_entry_point() -> None:
+    """`tests/fixtures/example_connector` is pip-installed; its type is registered."""
+    assert "sequence" in connector_types()
+    cls = connector_class("sequence")
+    assert cls.__module__ == "dataproduct_sequence"
+
+
+def test_an_incremental_source_loads_only_rows_past_its_watermark(
+    numbers: ProductRuntime, tmp_path: Path
+) -> None:
+    """The first pull loads all; the next one (with a higher stop) only the new numbers; the
+    watermark is kept typed in meta.ingestions."""
+    first = numbers.ingest("seq", principal="test")[0]
+    assert (first.rows, first.mode) == (2500, "replace")
+    assert ingestion_history(numbers.storage, "seq")[0]["watermark"] == 2500
+    numbers.close()
+    _product(tmp_path, {"seq": {"type": "sequence", "stop": 2600, "incremental": {"cursor": "n"}}})
+    runtime = ProductRuntime.open(tmp_path / "numbers", numbers.settings)
+    try:
+        second = runtime.ingest("seq", principal="test")[0]
+        assert (second.rows, second.mode) == (100, "append")
+        rows = _rows(runtime)
+        assert len(rows) == 2600 and rows[-1] == (2600, 2600 * 2600)
+        assert len({n for n, _ in rows}) == 2600
+        nothing_new = runtime.ingest("seq", principal="test")[0]
+        assert nothing_new.rows == 0
+        assert ingestion_history(runtime.storage, "seq")[0]["watermark"] == 2600
+        full = runtime.ingest("seq", principal="test", full_refresh=True)[0]
+        assert (full.rows, full.mode) == (2600, "replace")
+    finally:
+        runtime.close()
+
+
+def _stream(table: pa.Table) -> Any:
+    @contextmanager
+    def opened() -> Iterator[pa.RecordBatchReader]:
+        yield pa.RecordBatchReader.from_batches(table.schema, table.to_batches())
+
+    return opened
+
+
+def test_an_incremental_merge_replaces_rows_with_the_same_key(
+    runtime: ProductRuntime,
+) -> None:
+    """With a unique key, a changed row replaces the stored one instead of doubling it."""
+    first = pa.table({"id": [1, 2], "status": ["new", "new"], "v": [1, 1]})
+    load_stream(runtime.storage, "orders", _stream(first), principal="t")
+    changed = pa.table({"id": [2, 3], "status": ["paid", "new"], "v": [2, 2]})
+    options = LoadOptions(mode="append", unique_key=("id",), cursor="v")
+    record = load_stream(runtime.storage, "orders", _stream(changed), options, principal="t")
+    assert record.rows == 2
+    assert _rows(runtime, "orders") == [(1, "new", 1), (2, "paid", 2), (3, "new", 2)]
+
+
+def test_a_transient_fault_is_retried_with_backoff_then_loads(runtime: ProductRuntime) -> None:
+    """Two failed opens, then success: one record, three attempts, rows loaded once."""
+    calls = []
+
+    @contextmanager
+    def flaky() -> Iterator[pa.RecordBatchReader]:
+        calls.append(1)
+        if len(calls) < 3:
+            raise SourceUnavailableError("the server went away", where="sources.x")
+        table = pa.table({"a": [1, 2, 3]})
+        yield pa.RecordBatchReader.from_batches(table.schema, table.to_batches())
+
+    options = LoadOptions(retries=3, backoff_s=0.01)
+    record = load_stream(runtime.storage, "flaky", flaky, options, principal="t")
+    assert (record.status, record.rows, record.attempts) == ("succeeded", 3, 3)
+    assert _rows(runtime, "flaky") == [(1,), (2,), (3,)]
+
+
+def test_a_fault_that_outlasts_the_retries_fails_and_keeps_the_previous_data(
+    runtime: ProductRuntime,
+) -> None:
+    """After the last retry the load fails; what was loaded before is untouched."""
+    load_stream(runtime.storage, "kept", _stream(pa.table({"a": [7]})), principal="t")
+
+    @contextmanager
+    def down() -> Iterator[pa.RecordBatchReader]:
+        raise SourceUnavailableError("connection refused", where="sources.kept")
+        yield  # pragma: no cover
+
+    with pytest.raises(SourceUnavailableError):
+        load_stream(
+            runtime.storage, "kept", down, LoadOptions(retries=2, backoff_s=0.01), principal="t"
+        )
+    failed = ingestion_history(runtime.storage, "kept")[0]
+    assert (failed["status"], failed["attempts"]) == ("failed", 3)
+    assert failed["error"]["code"] == "source_unavailable"
+    assert _rows(runtime, "kept") == [(7,)]
+
+
+def test_an_error_in_the_middle_of_a_stream_loads_nothing(runtime: ProductRuntime) -> None:
+    """A source failing after some batches leaves no partial rows and reports its own error."""
+    schema = pa.schema([("a", pa.int64())])
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        yield pa.record_batch([pa.array([1, 2])], schema=schema)
+        raise SourceError("truncated object part-2.parquet", where="sources.half")
+
+    @contextmanager
+    def half() -> Iterator[pa.RecordBatchReader]:
+        yield pa.RecordBatchReader.from_batches(schema, batches())
+
+    with pytest.raises(SourceError, match=r"truncated object part-2\.parquet"):
+        load_stream(runtime.storage, "half", half, principal="t")
+    with runtime.storage.reader() as cursor:
+        found = cursor.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'half'"
+        ).fetchall()
+    assert found == [(0,)]
+
+
+def test_a_load_shows_its_progress_while_it_streams(runtime: ProductRuntime) -> None:
+    """While batches stream, the running load reports the rows read so far."""
+    release = threading.Event()
+    first_batch_read = threading.Event()
+    schema = pa.schema([("a", pa.int64())])
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        yield pa.record_batch([pa.array(range(1000))], schema=schema)
+        first_batch_read.set()
+        release.wait(10)
+        yield pa.record_batch([pa.array(range(500))], schema=schema)
+
+    @contextmanager
+    def slow() -> Iterator[pa.RecordBatchReader]:
+        yield pa.RecordBatchReader.from_batches(schema, batches())
+
+    runtime.connectors["returns"]  # the example's push source
+    done: list[Any] = []
+    worker = threading.Thread(
+        target=lambda: done.append(runtime.load("returns", slow, principal="t"))
+    )
+    worker.start()
+    assert first_batch_read.wait(10)
+    running = runtime.sources.running()
+    release.set()
+    worker.join(10)
+    assert [(r["source"], r["status"]) for r in running] == [("returns", "running")]
+    assert running[0]["rows"] >= 1000
+    assert done[0].rows == 1500
+    assert runtime.sources.running() == []
+
+
+def test_secret_references_are_read_and_scrubbed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`${env:...}` and `${file:...}` are read at use; their values never show in errors."""
+    monkeypatch.setenv("DP_TEST_PASSWORD", "s3cr3t-value")
+    secret_file = tmp_path / "token"
+    secret_file.write_text("file-secret\n", encoding="utf-8")
+    resolver = SecretResolver(where="sources.db")
+    url = resolver.resolve(
+        f"postgresql://u:${{env:DP_TEST_PASSWORD}}@h/db?t=${{file:{secret_file}}}"
+    )
+    assert url == "postgresql://u:s3cr3t-value@h/db?t=file-secret"
+    error = SourceError(f"cannot connect to {url}", where=url)
+    resolver.scrub_error(error)
+    assert "s3cr3t-value" not in error.message and "file-secret" not in str(error.where)
+    assert error.message == "cannot connect to postgresql://u:***@h/db?t=***"
+    with pytest.raises(SourceError, match="DP_TEST_MISSING is not set"):
+        resolver.resolve("${env:DP_TEST_MISSING}")
+    assert mask_url("postgresql://u:literal@h:5432/db") == "postgresql://u:***@h:5432/db"
+    assert mask_url("postgresql://u:${env:X}@h/db") == "postgresql://u:${env:X}@h/db"
