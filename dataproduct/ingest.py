@@ -348,6 +348,28 @@ def _select(storage: Storage, clause: str, params: list[Any]) -> list[Ingestion]
     ]  # fmt: skip
 
 
+def source_freshness(storage: Storage) -> dict[str, dict[str, Any]]:
+    """Per source: when it last loaded successfully, how many rows, and its last outcome."""
+    query = """
+        SELECT source,
+               max(finished_at) FILTER (WHERE status = 'succeeded') AS loaded_at,
+               arg_max(rows, finished_at) FILTER (WHERE status = 'succeeded') AS rows,
+               arg_max(status, finished_at) AS last_status,
+               arg_max(finished_at, finished_at) AS last_attempt_at
+        FROM meta.ingestions GROUP BY source"""
+    with storage.reader() as cursor:
+        found = cursor.execute(query).fetchall()
+    return {
+        source: {
+            "loaded_at": loaded.isoformat() if loaded else None,
+            "rows": rows,
+            "last_status": status,
+            "last_attempt_at": attempt.isoformat() if attempt else None,
+        }
+        for source, loaded, rows, status, attempt in found
+    }
+
+
 def ingestion_history(
     storage: Storage, source: str | None = None, limit: int = 100
 ) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from dataproduct.discovery import dataset_document, dataset_documents, product_document
+from dataproduct.ingest import source_freshness
 from dataproduct.reading import find_dataset
 from dataproduct.security import Principal
 from ports.auth import optional_principal, runtime_of
@@ -33,7 +34,11 @@ def discover(request: Request, caller: Caller) -> HTMLResponse | JSONResponse:
     """The product: identity, owner, ports with URLs, datasets summary."""
     runtime = runtime_of(request)
     base_url, policy = runtime.settings.base_url(), runtime.access.policy
-    sources = {name: c.describe() for name, c in runtime.connectors.items()}
+    loads = source_freshness(runtime.storage)
+    sources = {
+        name: {**c.describe(), "freshness": loads.get(name)}
+        for name, c in runtime.connectors.items()
+    }
     document = product_document(
         runtime.descriptor, runtime.storage, base_url, sources, policy, caller
     )

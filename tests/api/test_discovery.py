@@ -45,6 +45,18 @@ def test_product_document_has_identity_owner_and_ports(client: TestClient) -> No
     assert product["sources"]["returns"]["type"] == "push"
 
 
+def test_sources_show_their_freshness(client: TestClient, runtime: ProductRuntime) -> None:
+    """Each source says when it last loaded and how many rows; one never loaded says so."""
+    sources = client.get("/discovery").json()["sources"]
+    with runtime.storage.reader() as cursor:
+        orders = cursor.execute('SELECT count(*) FROM input."orders"').fetchall()[0][0]
+    fresh = sources["orders"]["freshness"]
+    assert (fresh["rows"], fresh["last_status"]) == (orders, "succeeded")
+    assert fresh["loaded_at"] is not None
+    assert sources["returns"]["freshness"] is None
+    assert sources["orders"]["path"] == "data/orders.csv"
+
+
 def test_product_document_summarises_datasets(client: TestClient, runtime: ProductRuntime) -> None:
     """Each published dataset with its row count, freshness and links."""
     datasets = {d["name"]: d for d in client.get("/discovery").json()["datasets"]}
