@@ -133,11 +133,59 @@ def _projection(
     return out
 
 
-def _visible_rows(query: exp.Select, access: DatasetAccess | None) -> exp.Select:
-    """The query restricted to the rows the reader may see."""
-    if access is None or access.row_filter is None:
-        return query
-    return query.where(access.row_filter.copy())
+def _visible_rows(
+    query: exp.Select, access: DatasetAccess | None, condition: exp.Expr | None = None
+) -> exp.Select:
+    """The query restricted to the rows the reader may see (and to `condition`)."""
+    if access is not None and access.row_filter is not None:
+        query = query.where(access.row_filter.copy())
+    if condition is not None:
+        query = query.where(condition.copy())
+    return query
+
+
+def rows_after(
+    storage: Storage,
+    dataset: PublishedDataset,
+    access: DatasetAccess | None,
+    column: str,
+    value: str,
+) -> exp.Expr:
+    """`"column" > CAST('value' AS <its type>)`: only the rows past a consumer's watermark.
+
+    The value is a typed literal, never SQL text. 400 for an unknown or nested column or a
+    value that does not convert to the column's type; 403 for a column masked for the
+    reader (filtering on it would reveal what the mask hides).
+    """
+    by_name = {c["name"]: c for c in dataset.columns}
+    found = by_name.get(column)
+    if found is None:
+        raise BadRequestError(
+            f"unknown column '{column}' in after_column; {dataset.name} has: {', '.join(by_name)}",
+            where="after_column",
+        )
+    if access is not None and column in access.masks:
+        raise PermissionDeniedError(
+            f"the column '{column}' of {dataset.name} is masked for you; "
+            "it cannot be used in after_column",
+            where="after_column",
+        )
+    if any(mark in found["type"] for mark in _NESTED):
+        raise BadRequestError(
+            f"the column '{column}' is of the nested type {found['type']}; "
+            "after_column needs a scalar column",
+            where="after_column",
+        )
+    typed = exp.cast(exp.Literal.string(value), exp.DataType.build(found["type"], dialect="duckdb"))
+    with storage.reader() as cursor:
+        try:
+            cursor.execute(exp.select(typed).sql("duckdb")).fetchall()
+        except duckdb.Error:
+            raise BadRequestError(
+                f"after: '{value}' is not a value of the column '{column}' ({found['type']})",
+                where="after",
+            ) from None
+    return exp.GT(this=exp.column(column, quoted=True), expression=typed)
 
 
 @contextmanager
@@ -183,18 +231,20 @@ def open_stream(
     json_lines: bool = False,
     access: DatasetAccess | None = None,
     timeout_s: float | None = None,
+    condition: exp.Expr | None = None,
 ) -> tuple[duckdb.DuckDBPyConnection, pa.RecordBatchReader]:
     """A cursor (the caller closes it) and a reader over the rows the reader may see, in
     table order, with masked columns masked.
 
-    `json_lines` gives one column of newline-terminated JSON objects instead.
+    `json_lines` gives one column of newline-terminated JSON objects instead; `condition`
+    (from `rows_after`) keeps only the rows that also satisfy it.
     """
     table = exp.table_(dataset.table_name, db="output", quoted=True)
     if json_lines:
         query = exp.select(_json_object(columns, access).as_("line")).from_(table)
     else:
         query = exp.select(*_projection(columns, nested_as_text, access)).from_(table)
-    query = _visible_rows(query, access)
+    query = _visible_rows(query, access, condition)
     if limit is not None:
         query = query.limit(limit)
     cursor = storage.cursor()
@@ -247,9 +297,10 @@ def read_page(
     cursor_token: str | None,
     access: DatasetAccess | None = None,
     timeout_s: float | None = None,
+    condition: exp.Expr | None = None,
 ) -> Page:
-    """One page of the rows the reader may see, as JSON objects, in table order, after the
-    cursor."""
+    """One page of the rows the reader may see (and that satisfy `condition`), as JSON
+    objects, in table order, after the cursor."""
     after = decode_cursor(cursor_token, dataset) if cursor_token else -1
     table = exp.table_(dataset.table_name, db="output", quoted=True)
     query = (
@@ -259,7 +310,7 @@ def read_page(
         .order_by(exp.column("rowid"))
         .limit(limit + 1)
     )
-    query = _visible_rows(query, access)
+    query = _visible_rows(query, access, condition)
     with storage.reader() as cursor, deadline(cursor, timeout_s):
         rows = cursor.execute(query.sql("duckdb")).fetchall()
     has_more = len(rows) > limit

@@ -13,7 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlglot import exp
 from starlette.concurrency import run_in_threadpool
 
+from dataproduct.catalog import PublishedDataset
 from dataproduct.errors import BadRequestError, NotAcceptableError
+from dataproduct.policy import DatasetAccess
 from dataproduct.reading import (
     find_dataset,
     guarded_query,
@@ -22,6 +24,7 @@ from dataproduct.reading import (
     query_page,
     read_page,
     restrict_query,
+    rows_after,
     select_columns,
 )
 from dataproduct.result_cache import CachedResult, deterministic
@@ -83,8 +86,18 @@ async def read_dataset(
     limit: Annotated[int | None, Query(ge=1)] = None,
     cursor: Annotated[str | None, Query(description="from next_cursor of a JSON page")] = None,
     version: Annotated[int | None, Query(ge=1, description="an older major version")] = None,
+    after_column: Annotated[
+        str | None, Query(max_length=256, description="with `after`: a watermark column")
+    ] = None,
+    after: Annotated[
+        str | None,
+        Query(max_length=256, description="only rows whose after_column is greater than this"),
+    ] = None,
 ) -> Response:
-    """Rows of a dataset: paged JSON, or the whole dataset streamed in another format."""
+    """Rows of a dataset: paged JSON, or the whole dataset streamed in another format.
+
+    `after_column` and `after` keep only the rows past a watermark (an incremental pull).
+    """
     runtime = runtime_of(request)
     settings = runtime.settings
     chosen = negotiate(format, request.headers.get("accept"))
@@ -92,12 +105,14 @@ async def read_dataset(
     request.state.dataset = dataset.name
     access = runtime.access.read_access(principal, name)
     wanted = select_columns(dataset, _split(columns))
+    condition = await _watermark_condition(request, dataset, access, after_column, after)
     if chosen == "json":
         page_size = min(limit or settings.default_page_rows, settings.max_page_rows)
-        # a page is fixed by the publish (run id), the projection, the place and the view
+        # a page is fixed by the publish (run id), the projection, the place, the view and
+        # the watermark filter
         key = (
             "page", dataset.table_name, dataset.run_id, tuple(c["name"] for c in wanted),
-            page_size, cursor, access.fingerprint,
+            page_size, cursor, access.fingerprint, after_column, after,
         )  # fmt: skip
 
         def page_body() -> CachedResult:
@@ -109,6 +124,7 @@ async def read_dataset(
                 cursor_token=cursor,
                 access=access,
                 timeout_s=settings.query_timeout_s,
+                condition=condition,
             )
             envelope = {
                 "dataset": dataset.name,
@@ -133,6 +149,7 @@ async def read_dataset(
         json_lines=chosen == "ndjson",
         access=access,
         timeout_s=settings.query_timeout_s,
+        condition=condition,
     )
     extension = "arrows" if chosen == "arrow" else chosen
     return StreamingResponse(
@@ -140,6 +157,26 @@ async def read_dataset(
         media_type=MEDIA_TYPES[chosen],
         headers={"Content-Disposition": f'inline; filename="{dataset.name}.{extension}"'},
     )
+
+
+async def _watermark_condition(
+    request: Request,
+    dataset: PublishedDataset,
+    access: DatasetAccess,
+    after_column: str | None,
+    after: str | None,
+) -> exp.Expr | None:
+    """The `after_column > after` predicate, or None when neither is given."""
+    if after_column is None and after is None:
+        return None
+    if after_column is None or after is None:
+        missing = "after_column" if after_column is None else "after"
+        raise BadRequestError(
+            "after_column and after go together (the column and the watermark value)",
+            where=missing,
+        )
+    storage = runtime_of(request).storage
+    return await run_in_threadpool(rows_after, storage, dataset, access, after_column, after)
 
 
 async def _cached(request: Request, key: Hashable, compute: Callable[[], CachedResult]) -> Response:

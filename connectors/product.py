@@ -1,0 +1,259 @@
+"""Another data product's output port: one dataset streamed as Arrow IPC.
+
+This is how products compose: a continental product declares
+`{type: product, url: http://sales-de:8080, dataset: daily_sales, token: ${env:DE_TOKEN}}`
+and reads `GET /output/datasets/daily_sales?format=arrow` batch by batch, never holding the
+whole body. With `incremental: {cursor: order_date}` a later pull asks the upstream port for
+the rows past the last watermark only (`after_column=order_date&after=<watermark>`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any, Literal
+from urllib.parse import quote
+
+import httpx
+import pyarrow as pa
+from pydantic import Field, model_validator
+
+from dataproduct.connector import Connector, IncrementalSpec, LoadState, SourceSpec
+from dataproduct.errors import SourceError, SourceUnavailableError
+from dataproduct.secrets import mask_url
+
+ARROW_MEDIA_TYPE = "application/vnd.apache.arrow.stream"
+ERROR_BODY_BYTES = 4096  # how much of an error answer is read for its message
+
+
+class ProductSpec(SourceSpec):
+    """`{type: product, url: ..., dataset: ..., token: ${env:...}}`: an upstream product."""
+
+    type: Literal["product"] = "product"
+    url: str = Field(min_length=1, pattern=r"^(https?://|\$\{)")
+    dataset: str = Field(min_length=1)
+    token: str | None = None
+    api_key: str | None = None
+    version: int | None = Field(default=None, ge=1)
+    incremental: IncrementalSpec | None = None
+    timeout_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> ProductSpec:
+        if self.token is not None and self.api_key is not None:
+            raise ValueError("give token or api_key, not both")
+        return self
+
+
+class ResponseStream(io.RawIOBase):
+    """A read-only file over a streaming HTTP body, for `pyarrow.ipc.open_stream`.
+
+    Only the piece being handed over is held; transport faults become
+    SourceUnavailableError (a body cut short may come whole next time).
+    """
+
+    def __init__(self, chunks: Iterator[bytes], where: str) -> None:
+        super().__init__()
+        self._chunks = chunks
+        self._pending = memoryview(b"")
+        self._where = where
+
+    def readable(self) -> bool:
+        """Always: this is a body to read."""
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        """Fill `buffer` from the body; 0 at its end."""
+        while not self._pending:
+            try:
+                chunk = next(self._chunks)
+            except StopIteration:
+                return 0
+            except httpx.HTTPError as error:
+                raise SourceUnavailableError(
+                    f"the upstream product's answer was cut short: {type(error).__name__}",
+                    where=self._where,
+                ) from None
+            self._pending = memoryview(chunk)
+        target = memoryview(buffer).cast("B")
+        size = min(len(target), len(self._pending))
+        target[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size
+
+
+class ProductConnector(Connector):
+    """Reads a dataset of another data product through its output port, as Arrow IPC."""
+
+    spec_class = ProductSpec
+
+    @property
+    def product_spec(self) -> ProductSpec:
+        """The spec, typed."""
+        assert isinstance(self.spec, ProductSpec)
+        return self.spec
+
+    @property
+    def where(self) -> str:
+        """Where errors of this source point."""
+        return f"sources.{self.name}"
+
+    def dataset_url(self) -> str:
+        """The upstream dataset's output-port URL (as declared: references unresolved)."""
+        base = self.product_spec.url.rstrip("/")
+        return f"{base}/output/datasets/{quote(self.product_spec.dataset, safe='')}"
+
+    def query_params(self, state: LoadState) -> dict[str, str]:
+        """Arrow, the version if pinned, and the watermark filter for an incremental pull."""
+        params = {"format": "arrow"}
+        if self.product_spec.version is not None:
+            params["version"] = str(self.product_spec.version)
+        incremental = self.product_spec.incremental
+        if incremental is not None and state.watermark is not None:
+            params["after_column"] = incremental.cursor
+            params["after"] = watermark_text(state.watermark)
+        return params
+
+    def credential_headers(self) -> dict[str, str]:
+        """The Authorization or X-API-Key header, with secret references read."""
+        spec = self.product_spec
+        if spec.token is not None:
+            return {"Authorization": f"Bearer {self.secret(spec.token)}"}
+        if spec.api_key is not None:
+            return {"X-API-Key": self.secret(spec.api_key)}
+        return {}
+
+    def open_stream(self, state: LoadState) -> AbstractContextManager[pa.RecordBatchReader]:
+        """Stream the upstream dataset's batches (only those past the watermark, if any)."""
+        return self._stream(state)
+
+    @contextmanager
+    def _stream(self, state: LoadState) -> Iterator[pa.RecordBatchReader]:
+        headers = {"Accept": ARROW_MEDIA_TYPE, **self.credential_headers()}
+        url = self.secret(self.dataset_url())
+        with ExitStack() as stack:
+            client = stack.enter_context(
+                httpx.Client(timeout=self.product_spec.timeout_s, follow_redirects=True)
+            )
+            response = self._send(client, url, self.query_params(state), headers)
+            stack.callback(response.close)
+            self._check(response)
+            # buffered: Arrow wants every read whole, a body arrives in pieces
+            body = io.BufferedReader(ResponseStream(response.iter_bytes(), self.where))
+            try:
+                reader = pa.ipc.open_stream(body)
+            except (pa.ArrowException, OSError) as error:
+                raise SourceError(
+                    f"the upstream answer is not an Arrow stream: {_first_line(error)}",
+                    where=self.where,
+                ) from None
+            yield pa.RecordBatchReader.from_batches(reader.schema, self._batches(reader))
+
+    def _send(
+        self, client: httpx.Client, url: str, params: dict[str, str], headers: dict[str, str]
+    ) -> httpx.Response:
+        request = client.build_request("GET", url, params=params, headers=headers)
+        try:
+            return client.send(request, stream=True)
+        except httpx.TimeoutException:
+            raise SourceUnavailableError(
+                f"the upstream product at {self._shown_url()} did not answer within "
+                f"{self.product_spec.timeout_s:g} s",
+                where=self.where,
+            ) from None
+        except httpx.TransportError as error:
+            raise SourceUnavailableError(
+                f"cannot reach the upstream product at {self._shown_url()}: {type(error).__name__}",
+                where=self.where,
+            ) from None
+
+    def _check(self, response: httpx.Response) -> None:
+        """SourceError (or SourceUnavailableError) for an answer that is not rows."""
+        status = response.status_code
+        if status < 400:
+            return
+        shown = f"{self._shown_url()} answered {status}"
+        if status in (401, 403):
+            raise SourceError(
+                f"{shown}: the upstream product refused the credential of this source "
+                f"({_upstream_message(response)})",
+                where=self.where,
+            )
+        if status == 404:
+            raise SourceError(
+                f"{shown}: no dataset '{self.product_spec.dataset}' there "
+                f"({_upstream_message(response)})",
+                where=f"{self.where}.dataset",
+            )
+        if status == 429 or status >= 500:
+            raise SourceUnavailableError(
+                f"{shown}: {_upstream_message(response)}", where=self.where
+            )
+        raise SourceError(f"{shown}: {_upstream_message(response)}", where=self.where)
+
+    def _batches(self, reader: pa.RecordBatchReader) -> Iterator[pa.RecordBatch]:
+        """The upstream batches; a truncated or corrupt stream is a SourceError."""
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                return
+            except (pa.ArrowException, OSError) as error:
+                raise SourceError(
+                    f"the upstream Arrow stream is malformed or was cut short: "
+                    f"{_first_line(error)}",
+                    where=self.where,
+                ) from None
+            yield batch
+
+    def _shown_url(self) -> str:
+        return mask_url(self.dataset_url())
+
+    def describe(self) -> dict[str, Any]:
+        """Type, mode, upstream dataset URL and version; never the credential."""
+        spec = self.product_spec
+        found = {**super().describe(), "url": mask_url(spec.url), "dataset": spec.dataset}
+        if spec.version is not None:
+            found["version"] = spec.version
+        found["auth"] = "token" if spec.token else "api_key" if spec.api_key else "none"
+        return found
+
+
+def watermark_text(value: Any) -> str:
+    """A watermark as the output port's `after` parameter expects it (typed by the port)."""
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        # in UTC: a TIMESTAMP column compares the wall time and ignores the offset
+        return value.astimezone(UTC).isoformat()
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, Decimal | int | str):
+        return str(value)
+    raise SourceError(f"cannot send a watermark of type {type(value).__name__} upstream")
+
+
+def _upstream_message(response: httpx.Response) -> str:
+    """The message of the upstream error body (its stable JSON shape), bounded."""
+    raw = b""
+    try:
+        for chunk in response.iter_bytes():
+            raw += chunk
+            if len(raw) >= ERROR_BODY_BYTES:
+                break
+    except httpx.HTTPError:
+        pass
+    try:
+        message = json.loads(raw)["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = raw[:200].decode("utf-8", errors="replace").strip()
+    return str(message) or response.reason_phrase
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
