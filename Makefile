@@ -36,9 +36,12 @@ pytest: $(VENV)/.installed-test
 	$(BIN)/python -m pytest
 
 bench: $(VENV)/.installed-test
+	$(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/database.py
+	$(BIN)/python bench/object_store.py
 
 image: $(VENV)/.installed-test
 	bash deploy/docker/build-image.sh
