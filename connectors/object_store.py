@@ -8,17 +8,21 @@ connector and the input port read them: the same CSV dialect sniffing, JSON arra
 as NDJSON, and the same column types whether a file sits on disk or in a bucket. pyarrow
 reads neither JSON arrays nor sniffs CSV dialects, so its text readers would give the same
 file another schema. The copy costs local disk, never memory.
+
+`ObjectStoreConnector` holds that listing and reading over any pyarrow file system;
+`S3Connector` (here) and `AzureBlobConnector` (`connectors.azure_blob`) supply the store.
 """
 
 from __future__ import annotations
 
 import re
 import tempfile
+from abc import abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 import duckdb
@@ -256,25 +260,42 @@ def literal_folder(pattern: str) -> str:
     return "/".join(fixed)
 
 
-class S3Spec(S3AccessSpec):
-    """`{type: s3, bucket: sales, glob: "2026/*.parquet"}`, or a `prefix` of keys.
+class ObjectSelectionSpec(SourceSpec):
+    """Which objects of a bucket or container a source reads, and how.
 
-    `format` is csv, json, ndjson or parquet (else taken from the key's extension);
-    `hive_partitioning` adds a column for every `key=value/` folder of the keys.
+    `glob` (e.g. `2026/*.parquet`) or a `prefix` of keys; `format` is csv, json, ndjson or
+    parquet (else taken from the keys' extension); `hive_partitioning` adds a column for
+    every `key=value/` folder of the keys.
     """
 
-    type: Literal["s3"] = "s3"
-    bucket: str = Field(min_length=1, pattern=r"^[^/]+$")
     prefix: str | None = None
     glob: str | None = Field(default=None, min_length=1)
     format: FileFormat | None = None
     hive_partitioning: bool = False
 
     @model_validator(mode="after")
-    def _prefix_or_glob(self) -> S3Spec:
+    def _prefix_or_glob(self) -> ObjectSelectionSpec:
         if self.prefix is not None and self.glob is not None:
             raise ValueError("set either prefix or glob, not both")
         return self
+
+    def shown_selection(self) -> dict[str, Any]:
+        """What discovery may show of the selection."""
+        found: dict[str, Any] = {"format": self.format}
+        if self.glob is not None:
+            found["glob"] = self.glob
+        else:
+            found["prefix"] = self.prefix or ""
+        if self.hive_partitioning:
+            found["hive_partitioning"] = True
+        return found
+
+
+class S3Spec(S3AccessSpec, ObjectSelectionSpec):
+    """`{type: s3, bucket: sales, glob: "2026/*.parquet"}`, or a `prefix` of keys."""
+
+    type: Literal["s3"] = "s3"
+    bucket: str = Field(min_length=1, pattern=r"^[^/]+$")
 
 
 @dataclass(frozen=True)
@@ -285,15 +306,21 @@ class Listing:
     paths: list[str]
 
 
-class S3Connector(Connector):
-    """Reads objects of one bucket: Parquet in place, text formats through DuckDB."""
+class ObjectStoreConnector(Connector):
+    """Reads objects of one bucket (or container) of a pyarrow file system.
 
-    spec_class = S3Spec
+    Parquet is scanned in place; text formats are copied and read by DuckDB. A store
+    supplies its file system, its root (bucket or container), how errors name it and how
+    its library errors translate.
+    """
+
+    url_scheme: ClassVar[str]
+    root_noun: ClassVar[str] = "bucket"
 
     @property
-    def s3_spec(self) -> S3Spec:
-        """The spec, typed."""
-        assert isinstance(self.spec, S3Spec)
+    def selection(self) -> ObjectSelectionSpec:
+        """The spec's selection of objects, typed."""
+        assert isinstance(self.spec, ObjectSelectionSpec)
         return self.spec
 
     @property
@@ -301,11 +328,26 @@ class S3Connector(Connector):
         """The source's place in the descriptor, for errors."""
         return f"sources.{self.name}"
 
+    @property
+    @abstractmethod
+    def root(self) -> str:
+        """The bucket or container the objects are in."""
+
+    @abstractmethod
+    def filesystem(self) -> pafs.FileSystem:
+        """The store as a pyarrow file system, credentials read (via `self.secret`)."""
+
+    @abstractmethod
     def store(self) -> str:
-        """How errors name the bucket (and the endpoint, if not AWS)."""
-        spec = self.s3_spec
-        at = f" at {mask_url(spec.endpoint)}" if spec.endpoint else ""
-        return f"s3://{spec.bucket}{at}"
+        """How errors name the bucket or container (and a custom endpoint)."""
+
+    @abstractmethod
+    def translate(self, error: BaseException, store: str) -> DataproductError:
+        """A library error of the store as SourceError or SourceUnavailableError."""
+
+    def url(self, path: str) -> str:
+        """An object's path (`root/key`) as a URL for messages."""
+        return f"{self.url_scheme}://{path}"
 
     def open_stream(self, state: LoadState) -> AbstractContextManager[pa.RecordBatchReader]:
         """List the matching objects and stream them; SourceError when none match."""
@@ -314,13 +356,13 @@ class S3Connector(Connector):
     @contextmanager
     def _stream(self) -> Iterator[pa.RecordBatchReader]:
         try:
-            s3 = S3Access.resolve(self.s3_spec, self.secret).filesystem()
-            listing = self.list_objects(s3)
+            fs = self.filesystem()
+            listing = self.list_objects(fs)
             file_format = self.file_format(listing)
             opened = (
-                self._parquet(s3, listing)
+                self._parquet(fs, listing)
                 if file_format == "parquet"
-                else self._text(s3, listing, file_format)
+                else self._text(fs, listing, file_format)
             )
             with opened as reader:
                 yield reader
@@ -328,9 +370,9 @@ class S3Connector(Connector):
             self.secrets.scrub_error(error)
             raise
 
-    def list_objects(self, s3: pafs.S3FileSystem) -> Listing:
+    def list_objects(self, fs: pafs.FileSystem) -> Listing:
         """The objects matching the prefix or glob, sorted by key."""
-        spec = self.s3_spec
+        spec = self.selection
         matches: Callable[[str], object]
         if spec.glob is not None:
             folder = literal_folder(spec.glob)
@@ -339,33 +381,34 @@ class S3Connector(Connector):
             prefix = spec.prefix or ""
             folder = prefix.rpartition("/")[0]
             matches = self._prefix_matcher(prefix, folder)
-        base = f"{spec.bucket}/{folder}".rstrip("/")
+        base = f"{self.root}/{folder}".rstrip("/")
         selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
         try:
-            infos = s3.get_file_info(selector)
+            infos = fs.get_file_info(selector)
         except (OSError, pa.ArrowException) as error:
-            raise store_error(error, store=self.store(), where=self.where) from None
-        start = len(spec.bucket) + 1
+            raise self.translate(error, self.store()) from None
+        start = len(self.root) + 1
         paths = sorted(
             info.path
             for info in infos
             if info.type == pafs.FileType.File and matches(info.path[start:])
         )
         if not paths:
-            self._check_bucket(s3)
+            self._check_root(fs)
             shown = f"glob '{spec.glob}'" if spec.glob is not None else f"prefix '{spec.prefix}'"
             raise SourceError(f"no object in {self.store()} matches the {shown}", where=self.where)
         return Listing(base, paths)
 
-    def _check_bucket(self, s3: pafs.S3FileSystem) -> None:
+    def _check_root(self, fs: pafs.FileSystem) -> None:
         """SourceError when the bucket itself is missing (an empty listing does not say)."""
         try:
-            found = s3.get_file_info(self.s3_spec.bucket)
+            found = fs.get_file_info(self.root)
         except (OSError, pa.ArrowException) as error:
-            raise store_error(error, store=self.store(), where=self.where) from None
+            raise self.translate(error, self.store()) from None
         if found.type == pafs.FileType.NotFound:
             raise SourceError(
-                f"the bucket does not exist in {self.store()}", where=f"{self.where}.bucket"
+                f"the {self.root_noun} does not exist in {self.store()}",
+                where=f"{self.where}.{self.root_noun}",
             )
 
     @staticmethod
@@ -381,7 +424,7 @@ class S3Connector(Connector):
 
     def file_format(self, listing: Listing) -> FileFormat:
         """The declared format, else the one every object's extension implies."""
-        spec = self.s3_spec
+        spec = self.selection
         if spec.format:
             return spec.format
         found = {format_from_name(path) for path in listing.paths}
@@ -393,18 +436,18 @@ class S3Connector(Connector):
         )
 
     def _parquet(
-        self, s3: pafs.S3FileSystem, listing: Listing
+        self, fs: pafs.FileSystem, listing: Listing
     ) -> AbstractContextManager[pa.RecordBatchReader]:
         def translate(error: Exception) -> DataproductError:
-            return self._object_error(s3, listing, error)
+            return self._object_error(fs, listing, error)
 
         try:
             dataset = ds.dataset(
                 listing.paths,
-                filesystem=s3,
+                filesystem=fs,
                 format="parquet",
                 partitioning=ds.partitioning(flavor="hive")
-                if self.s3_spec.hive_partitioning
+                if self.selection.hive_partitioning
                 else None,
                 partition_base_dir=listing.base,
             )
@@ -414,30 +457,31 @@ class S3Connector(Connector):
         return translated_stream(scanner.projected_schema, scanner.to_batches(), translate)
 
     def _object_error(
-        self, s3: pafs.S3FileSystem, listing: Listing, error: Exception
+        self, fs: pafs.FileSystem, listing: Listing, error: Exception
     ) -> DataproductError:
         """The error of a Parquet scan, naming the object that failed."""
-        found = store_error(error, store=self.store(), where=self.where)
+        found = self.translate(error, self.store())
         if found.transient:
             return found
         named = next((p for p in listing.paths if p in str(error)), None)
-        named = named or _first_unreadable(s3, listing.paths)
+        named = named or _first_unreadable(fs, listing.paths)
         if named is None:
             return found
         return SourceError(
-            f"cannot read the Parquet object s3://{named}: {clean_message(error)}",
-            where=f"{self.where}: s3://{named}",
+            f"cannot read the Parquet object {self.url(named)}: {clean_message(error)}",
+            where=f"{self.where}: {self.url(named)}",
         )
 
     @contextmanager
     def _text(
-        self, s3: pafs.S3FileSystem, listing: Listing, file_format: FileFormat
+        self, fs: pafs.FileSystem, listing: Listing, file_format: FileFormat
     ) -> Iterator[pa.RecordBatchReader]:
         scratch = self.context.data_dir
         scratch.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=f".s3-{self.name}-", dir=scratch) as folder:
-            local = self._download(s3, listing, Path(folder))
-            options = {"hive_partitioning": self.s3_spec.hive_partitioning}
+        prefix = f".{self.url_scheme}-{self.name}-"
+        with tempfile.TemporaryDirectory(prefix=prefix, dir=scratch) as folder:
+            local = self._download(fs, listing, Path(folder))
+            options = {"hive_partitioning": self.selection.hive_partitioning}
 
             def translate(error: Exception) -> DataproductError:
                 return self._text_error(error, listing, local, file_format, options)
@@ -461,7 +505,7 @@ class S3Connector(Connector):
         file_format: FileFormat,
         options: dict[str, Any],
     ) -> SourceError:
-        """A DuckDB reader error naming the object (by its S3 path) that failed."""
+        """A DuckDB reader error naming the object (by its store URL) that failed."""
         text = f"{error.__context__ or ''}\n{error}"
         bad = next((path for path in local if path in text), None)
         if bad is None:
@@ -472,16 +516,16 @@ class S3Connector(Connector):
             f"cannot read {file_format}: "
         )
         for path, remote in zip(local, listing.paths, strict=True):
-            message = message.replace(path, f"s3://{remote}")
+            message = message.replace(path, self.url(remote))
         if bad is None:
             return SourceError(f"cannot read {file_format}: {message}", where=self.where)
-        remote = listing.paths[local.index(bad)]
+        remote = self.url(listing.paths[local.index(bad)])
         return SourceError(
-            f"cannot read the {file_format} object s3://{remote}: {message}",
-            where=f"{self.where}: s3://{remote}",
+            f"cannot read the {file_format} object {remote}: {message}",
+            where=f"{self.where}: {remote}",
         )
 
-    def _download(self, s3: pafs.S3FileSystem, listing: Listing, folder: Path) -> list[str]:
+    def _download(self, fs: pafs.FileSystem, listing: Listing, folder: Path) -> list[str]:
         """Copy the objects into `folder`, keeping their folders under the base."""
         local: list[str] = []
         start = len(listing.base) + 1
@@ -490,32 +534,58 @@ class S3Connector(Connector):
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
                 pafs.copy_files(
-                    path, str(target), source_filesystem=s3,
+                    path, str(target), source_filesystem=fs,
                     destination_filesystem=pafs.LocalFileSystem(),
                 )  # fmt: skip
             except (OSError, pa.ArrowException) as error:
-                raise store_error(error, store=f"s3://{path}", where=self.where) from None
+                raise self.translate(error, self.url(path)) from None
             local.append(str(target))
         return local
+
+
+class S3Connector(ObjectStoreConnector):
+    """Reads objects of one S3 bucket: Parquet in place, text formats through DuckDB."""
+
+    spec_class = S3Spec
+    url_scheme = "s3"
+
+    @property
+    def s3_spec(self) -> S3Spec:
+        """The spec, typed."""
+        assert isinstance(self.spec, S3Spec)
+        return self.spec
+
+    @property
+    def root(self) -> str:
+        """The bucket."""
+        return self.s3_spec.bucket
+
+    def filesystem(self) -> pafs.FileSystem:
+        """pyarrow's S3 file system with the source's endpoint and credentials."""
+        return S3Access.resolve(self.s3_spec, self.secret).filesystem()
+
+    def store(self) -> str:
+        """How errors name the bucket (and the endpoint, if not AWS)."""
+        spec = self.s3_spec
+        at = f" at {mask_url(spec.endpoint)}" if spec.endpoint else ""
+        return f"s3://{spec.bucket}{at}"
+
+    def translate(self, error: BaseException, store: str) -> DataproductError:
+        """An S3 error as SourceError (denied, no bucket) or SourceUnavailableError."""
+        return store_error(error, store=store, where=self.where)
 
     def describe(self) -> dict[str, Any]:
         """Type, mode, bucket, prefix or glob, format, endpoint and region; never keys."""
         spec = self.s3_spec
-        found = {**super().describe(), "bucket": spec.bucket, "format": spec.format}
-        if spec.glob is not None:
-            found["glob"] = spec.glob
-        else:
-            found["prefix"] = spec.prefix or ""
-        if spec.hive_partitioning:
-            found["hive_partitioning"] = True
-        return found | spec.shown()
+        found = {**super().describe(), "bucket": spec.bucket}
+        return found | spec.shown_selection() | spec.shown()
 
 
-def _first_unreadable(s3: pafs.S3FileSystem, paths: list[str]) -> str | None:
+def _first_unreadable(fs: pafs.FileSystem, paths: list[str]) -> str | None:
     """The first object whose Parquet footer or pages cannot be read (after a failed scan)."""
     for path in paths:
         try:
-            for _ in ds.dataset(path, filesystem=s3, format="parquet").to_batches():
+            for _ in ds.dataset(path, filesystem=fs, format="parquet").to_batches():
                 pass
         except (OSError, pa.ArrowException):
             return path

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from connectors.object_store import S3Connector, glob_regex, literal_folder
-from dataproduct.connector import LoadState, SourceContext, build_connector
+from dataproduct.connector import Connector, LoadState, SourceContext, build_connector
 from dataproduct.descriptor import SourceConfig
 from dataproduct.errors import DescriptorError, SourceError, SourceUnavailableError
 from dataproduct.settings import DataproductSettings
@@ -83,7 +83,7 @@ def connector(tmp_path: Path, server: S3Server, **options: Any) -> S3Connector:
     return built
 
 
-def load(source: S3Connector, order_by: str | None = None) -> pa.Table:
+def load(source: Connector, order_by: str | None = None) -> pa.Table:
     """Load the stream into DuckDB as the core does (CTAS over the registered reader)."""
     with source.open_stream(LoadState()) as reader, duckdb.connect() as db:
         db.register("stream", reader)
