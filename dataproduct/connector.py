@@ -35,6 +35,15 @@ from dataproduct.errors import ConflictError, DescriptorError
 from dataproduct.secrets import SecretResolver
 
 ENTRY_POINT_GROUP = "dataproduct.connectors"
+# The optional extra that brings the libraries of each built-in connector.
+_EXTRAS = {
+    "delta": "lake",
+    "iceberg": "lake",
+    "database": "database",
+    "nats": "brokers",
+    "rabbitmq": "brokers",
+    "mqtt": "brokers",
+}
 
 LoadMode = Literal["replace", "append"]
 NewColumnPolicy = Literal["add", "ignore", "refuse"]
@@ -204,6 +213,14 @@ def build_connector(name: str, config: SourceConfig, context: SourceContext) -> 
     where = f"{context.product_dir / DESCRIPTOR_FILE}: sources.{name}"
     try:
         cls = connector_class(config.type)
+    except ImportError as error:
+        extra = _EXTRAS.get(config.type)
+        hint = f"pip install 'dataproduct[{extra}]'" if extra else "install its dependencies"
+        raise DescriptorError(
+            f"sources.{name}.type: the '{config.type}' connector needs {error.name or 'a library'}"
+            f", which is not installed: {hint}",
+            where=f"{where}.type",
+        ) from None
     except KeyError:
         known = ", ".join(connector_types())
         raise DescriptorError(

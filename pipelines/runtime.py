@@ -18,7 +18,7 @@ import duckdb
 
 from dataproduct.access import AccessControl
 from dataproduct.catalog import create_meta_tables
-from dataproduct.connector import Connector, SourceContext, build_connectors
+from dataproduct.connector import Connector, MessageConnector, SourceContext, build_connectors
 from dataproduct.cron import Cron
 from dataproduct.descriptor import ProductDescriptor, load_descriptor
 from dataproduct.errors import (
@@ -27,6 +27,7 @@ from dataproduct.errors import (
     NotReadyError,
 )
 from dataproduct.ingest import FileFormat, Ingestion
+from dataproduct.messages import InputSink, MessageSupervisor
 from dataproduct.result_cache import ResultCache
 from dataproduct.settings import DataproductSettings
 from dataproduct.storage import Storage, file_connection
@@ -79,9 +80,6 @@ class ProductRuntime:
             backoff_s=settings.ingest_backoff_s,
             request_run=self._request_run,
         )
-        from dataproduct.connector import MessageConnector
-        from dataproduct.messages import InputSink, MessageSupervisor
-
         self.messages = MessageSupervisor(
             {n: c for n, c in self.connectors.items() if isinstance(c, MessageConnector)},
             lambda name: InputSink(name, storage, self.load, spool_dir=self.data_dir / "messages"),

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from dataproduct.descriptor import ModelSpec, check_dialect
 from dataproduct.errors import NotFoundError
-from dataproduct.ingest import ingestion_history
+from dataproduct.ingest import ingestion_history, source_freshness
 from dataproduct.security import Principal
 from pipelines.model import Pipeline
 from pipelines.planner import PipelineRejectedError
@@ -86,6 +86,28 @@ def _ingest(
     if run:
         body["run"] = runtime.start_run(principal.subject, trigger="ingest").to_dict()
     return body
+
+
+@router.get("/sources")
+def sources(request: Request, principal: Admin) -> dict[str, Any]:
+    """Every source: its settings (never credentials), freshness, loads in progress and,
+    for broker sources, the consumer's state (connected, last error, messages landed)."""
+    runtime = runtime_of(request)
+    freshness = source_freshness(runtime.storage)
+    running = runtime.sources.running()
+    consumers = runtime.messages.status()
+    return {
+        "sources": {
+            name: {
+                **connector.describe(),
+                "pulls": connector.pulls,
+                "freshness": freshness.get(name),
+                "running": [load for load in running if load["source"] == name],
+                **({"consumer": consumers[name]} if name in consumers else {}),
+            }
+            for name, connector in runtime.connectors.items()
+        }
+    }
 
 
 @router.get("/ingestions")

@@ -301,3 +301,23 @@ def test_slow_run_blocks_a_second_one_and_can_be_cancelled(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'output'"
         ).fetchall()
     assert ("slow",) not in tables
+
+
+def test_sources_show_settings_freshness_and_no_credentials(
+    client: TestClient, admin: dict[str, str]
+) -> None:
+    """GET /control/sources: each source's type and options, last load, loads running."""
+    sources = client.get("/control/sources", headers=admin).json()["sources"]
+    assert set(sources) == {"orders", "customers", "returns"}
+    orders = sources["orders"]
+    assert (orders["type"], orders["pulls"], orders["path"]) == ("file", True, "data/orders.csv")
+    assert orders["freshness"]["last_status"] == "succeeded"
+    assert orders["running"] == []
+    assert (sources["returns"]["pulls"], sources["returns"]["freshness"]) == (False, None)
+    assert "consumer" not in sources["returns"]
+
+
+def test_sources_need_an_administrator(client: TestClient, token: TokenFactory) -> None:
+    """A reader gets 403 from the control port."""
+    response = client.get("/control/sources", headers=token("output:read"))
+    assert response.status_code == 403

@@ -218,3 +218,25 @@ def test_secret_references_are_read_and_scrubbed(
         resolver.resolve("${env:DP_TEST_MISSING}")
     assert mask_url("postgresql://u:literal@h:5432/db") == "postgresql://u:***@h:5432/db"
     assert mask_url("postgresql://u:${env:X}@h/db") == "postgresql://u:${env:X}@h/db"
+
+
+def test_a_connector_whose_library_is_missing_says_which_extra_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ImportError while loading the connector becomes a descriptor error naming the
+    missing module and the extra that brings it."""
+    from dataproduct import connector as registry
+    from dataproduct.connector import SourceContext, build_connector
+    from dataproduct.descriptor import SourceConfig
+    from dataproduct.errors import DescriptorError
+
+    def missing(type_name: str) -> type:
+        raise ModuleNotFoundError("No module named 'deltalake'", name="deltalake")
+
+    monkeypatch.setattr(registry, "connector_class", missing)
+    config = SourceConfig.model_validate({"type": "delta", "path": "t"})
+    with pytest.raises(DescriptorError) as raised:
+        build_connector("lake", config, SourceContext(tmp_path, tmp_path))
+    assert "needs deltalake" in raised.value.message
+    assert "pip install 'dataproduct[lake]'" in raised.value.message
+    assert raised.value.where is not None and raised.value.where.endswith("sources.lake.type")
