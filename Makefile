@@ -18,6 +18,8 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 $(VENV)/.installed-test: $(VENV)/.installed tests/fixtures/example_connector/pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	$(BIN)/pip install --quiet ./tests/fixtures/example_connector
+	# Azurite, the Azure Blob emulator the Azure connector's tests run against (npm registry)
+	if command -v npm >/dev/null; then npm install --silent --prefix build/azurite --no-audit --no-fund azurite@3; fi
 	touch $@
 
 run: $(VENV)/.installed

@@ -8,6 +8,7 @@ product database inside one transaction: all rows or none.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -27,6 +28,8 @@ from dataproduct.input_schema import InputRules, conform
 from dataproduct.input_write import write_input
 from dataproduct.storage import Storage, fetch_one
 from dataproduct.watermark import LoadMeter
+
+log = logging.getLogger("dataproduct")
 
 FileFormat = Literal["csv", "json", "ndjson", "parquet"]
 FILE_FORMATS: tuple[FileFormat, ...] = ("csv", "json", "ndjson", "parquet")
@@ -215,7 +218,8 @@ def load_stream(
             earlier = find_ingestion(storage, source, options.idempotency_key or "")
             assert earlier is not None
             return replace(earlier, replayed=True)
-        except DataproductError as error:
+        except Exception as raised:
+            error = _ours(raised)
             if error.transient and attempt <= options.retries:
                 time.sleep(min(options.backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S))
                 continue
@@ -228,7 +232,17 @@ def load_stream(
             )  # fmt: skip
             with storage.transaction(changes_data=False) as cursor:
                 _record(cursor, failed)
-            raise
+            if error is raised:
+                raise
+            raise error from raised
+
+
+def _ours(error: Exception) -> DataproductError:
+    """Our error as it is; any other (a connector's bug, a full disk) as a SourceError."""
+    if isinstance(error, DataproductError):
+        return error
+    log.error("load failed with %s", type(error).__name__, exc_info=error)
+    return SourceError(f"the load failed: {type(error).__name__}: {_first_line(error)}")
 
 
 def _load_once(
@@ -268,6 +282,7 @@ def _write_recorded(
             mode=options.mode,
             declared=options.rules.columns if options.rules else None,
             unique_key=options.unique_key,
+            latest_by=options.cursor,
         )
         done = replace(
             record,

@@ -29,11 +29,13 @@ def write_input(
     mode: str,
     declared: Mapping[str, ColumnSpec] | None = None,
     unique_key: Sequence[str] = (),
+    latest_by: str | None = None,
 ) -> int:
     """Load `reader` into `input.<source>` and return the rows it added (or replaced with).
 
     `mode` is `replace` or `append`; with a `unique_key`, appended rows replace the stored
-    rows with the same key. Declared columns get their declared SQL type in the table.
+    rows with the same key, and of several new rows with one key only the one with the
+    greatest `latest_by` is kept. Declared columns get their declared SQL type in the table.
     """
     table = exp.table_(source, db="input", quoted=True)
     exists = _exists(cursor, source)
@@ -46,7 +48,9 @@ def write_input(
             return _count(cursor, table)
         _add_new_columns(cursor, table, reader.schema, source)
         if unique_key:
-            return _merge(cursor, table, stream, unique_key, source)
+            return _merge(
+                cursor, table, _latest_per_key(stream, unique_key, latest_by), unique_key, source
+            )
         before = _count(cursor, table)
         _insert(cursor, table, stream, source)
         return _count(cursor, table) - before
@@ -65,6 +69,27 @@ def _typed_select(schema: pa.Schema, declared: Mapping[str, ColumnSpec]) -> exp.
             column = exp.Cast(this=column, to=to).as_(name, quoted=True)
         columns.append(column)
     return exp.select(*columns).from_(exp.to_identifier(_STREAM))
+
+
+def _latest_per_key(
+    stream: exp.Select, unique_key: Sequence[str], latest_by: str | None
+) -> exp.Select:
+    """One row per key: the one with the greatest `latest_by` (any one without it)."""
+    order = (
+        exp.Order(
+            expressions=[
+                exp.Ordered(this=exp.column(latest_by, quoted=True), desc=True, nulls_first=False)
+            ]
+        )
+        if latest_by
+        else None
+    )
+    rank = exp.Window(
+        this=exp.RowNumber(),
+        partition_by=[exp.column(key, quoted=True) for key in unique_key],
+        order=order,
+    )
+    return stream.qualify(exp.EQ(this=rank, expression=exp.Literal.number(1)))
 
 
 def _add_new_columns(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from dataproduct.errors import DataproductError, SourceError
 
@@ -26,10 +26,27 @@ class SecretResolver:
         self.values: set[str] = set()
 
     def resolve(self, text: str) -> str:
-        """`text` with every `${env:NAME}` and `${file:PATH}` replaced by its value."""
-        return _REFERENCE.sub(lambda match: self._value(match[1], match[2].strip()), text)
+        """`text` with every `${env:NAME}` and `${file:PATH}` replaced by its value.
 
-    def _value(self, kind: str, name: str) -> str:
+        In a URL, a value that lands in the user part or the query is percent-encoded, so
+        a password holding `@`, `/` or `:` stays a password (and never becomes a host).
+        """
+        encoded = _url_encoded_spans(text)
+        return _REFERENCE.sub(
+            lambda match: self._value(match[1], match[2].strip(), match.start() in encoded),
+            text,
+        )
+
+    def _value(self, kind: str, name: str, url_encoded: bool) -> str:
+        value = self._read(kind, name)
+        if not url_encoded:
+            return value
+        quoted = quote(value, safe="")
+        if quoted:
+            self.values.add(quoted)
+        return quoted
+
+    def _read(self, kind: str, name: str) -> str:
         if kind == "env":
             value = os.environ.get(name)
             if value is None:
@@ -57,6 +74,34 @@ class SecretResolver:
         if error.where:
             error.where = self.scrub(error.where)
         error.args = (error.message,)
+
+
+def _url_encoded_spans(text: str) -> set[int]:
+    """Where in `text` (a URL) the references sit in its user part or its query."""
+    matches = list(_REFERENCE.finditer(text))
+    if not matches or re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text) is None:
+        return set()
+    if len(matches) == 1 and matches[0].span() == (0, len(text)):
+        return set()  # the whole URL is the secret
+    # positions measured on the text with each reference as one placeholder character
+    template = _REFERENCE.sub("\x00", text)
+    scheme_end = template.index("://") + 3
+    authority_end = len(template)
+    for mark in "/?#":
+        found = template.find(mark, scheme_end)
+        if found != -1:
+            authority_end = min(authority_end, found)
+    user_end = template.rfind("@", scheme_end, authority_end)
+    query_start = template.find("?", scheme_end)
+    encoded: set[int] = set()
+    placeholder = -1
+    for match in matches:
+        placeholder = template.index("\x00", placeholder + 1)
+        in_user = scheme_end <= placeholder < user_end
+        in_query = query_start != -1 and placeholder > query_start
+        if in_user or in_query:
+            encoded.add(match.start())
+    return encoded
 
 
 def is_reference(text: str) -> bool:

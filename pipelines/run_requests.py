@@ -55,6 +55,8 @@ class RunRequests:
                     self.request(trigger)
                     continue
                 log.warning("run requested by %s not started: %s", trigger, error.message)
+            except Exception:  # this thread must keep serving requests
+                log.exception("run requested by %s not started", trigger)
 
     def stop(self) -> None:
         """Serve no more requests."""

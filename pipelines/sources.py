@@ -57,6 +57,8 @@ class SourceLoader:
         self.request_run = request_run
         self._active: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
+        # one pull of a source at a time: two would read from the same watermark
+        self._pulling = {name: threading.Lock() for name in connectors}
 
     def source(self, name: str) -> Connector:
         """A declared source, or NotFoundError."""
@@ -78,18 +80,20 @@ class SourceLoader:
                 where=f"sources/{name}",
             )
         incremental = connector.incremental
-        mark = None
-        if incremental is not None and not full_refresh:
-            mark = last_watermark(self.storage, name)
-        append = incremental is not None and mark is not None
-        return self.load(
-            name,
-            partial(connector.open_stream, LoadState(watermark=mark)),
-            principal=principal,
-            mode="append" if append else connector.spec.mode if incremental is None else "replace",
-            unique_key=tuple(incremental.unique_key) if append and incremental else (),
-            watermark=mark,
-        )
+        with self._pulling[name]:
+            mark = None
+            if incremental is not None and not full_refresh:
+                mark = last_watermark(self.storage, name)
+            append = incremental is not None and mark is not None
+            mode = connector.spec.mode if incremental is None else "append" if append else "replace"
+            return self.load(
+                name,
+                partial(connector.open_stream, LoadState(watermark=mark)),
+                principal=principal,
+                mode=mode,
+                unique_key=tuple(incremental.unique_key) if append and incremental else (),
+                watermark=mark,
+            )
 
     def pull_all(self, principal: str) -> list[Ingestion]:
         """Pull every pulling source; the first failure is raised after all were tried."""

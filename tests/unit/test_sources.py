@@ -4,6 +4,7 @@ incremental loads past a kept watermark, merges, retries, progress and secret sc
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -240,3 +241,104 @@ def test_a_connector_whose_library_is_missing_says_which_extra_to_install(
     assert "needs deltalake" in raised.value.message
     assert "pip install 'dataproduct[lake]'" in raised.value.message
     assert raised.value.where is not None and raised.value.where.endswith("sources.lake.type")
+
+
+def test_two_pulls_of_one_incremental_source_at_once_load_each_row_once(
+    numbers: ProductRuntime,
+) -> None:
+    """Concurrent pulls (a schedule and an operator) are serialised: no row twice."""
+    numbers.ingest("seq", principal="first")
+    with numbers.storage.transaction() as cursor:  # new rows: forget the last 500
+        cursor.execute('DELETE FROM input."seq" WHERE n > 2000')
+        cursor.execute(
+            "UPDATE meta.ingestions SET watermark = ? WHERE source = 'seq'",
+            ['{"type": "int", "value": 2000}'],
+        )
+    with numbers.storage.transaction():  # hold the writer so both pulls queue behind it
+        threads = [
+            threading.Thread(target=numbers.ingest, args=("seq",), kwargs={"principal": p})
+            for p in ("schedule", "operator")
+        ]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.2)
+    for thread in threads:
+        thread.join(10)
+    rows = _rows(numbers)
+    assert len(rows) == len({n for n, _ in rows}) == 2500
+
+
+def test_a_merge_keeps_the_latest_of_several_new_rows_with_one_key(
+    runtime: ProductRuntime,
+) -> None:
+    """Two versions of one key in a pull: only the one with the greatest cursor stays."""
+    load_stream(runtime.storage, "orders", _stream(pa.table({"id": [1], "s": ["new"], "v": [1]})),
+                principal="t")  # fmt: skip
+    changed = pa.table({"id": [1, 1, 2], "s": ["shipped", "paid", "new"], "v": [3, 2, 2]})
+    options = LoadOptions(mode="append", unique_key=("id",), cursor="v")
+    load_stream(runtime.storage, "orders", _stream(changed), options, principal="t")
+    assert _rows(runtime, "orders") == [(1, "shipped", 3), (2, "new", 2)]
+
+
+def test_an_unexpected_exception_from_a_connector_is_recorded_as_a_source_error(
+    runtime: ProductRuntime,
+) -> None:
+    """A bug or an OSError in a connector becomes a SourceError and a failure record."""
+
+    @contextmanager
+    def broken() -> Iterator[pa.RecordBatchReader]:
+        raise OSError(28, "No space left on device")
+        yield  # pragma: no cover
+
+    with pytest.raises(SourceError, match="No space left on device"):
+        load_stream(runtime.storage, "disk", broken, principal="t")
+    failed = ingestion_history(runtime.storage, "disk")[0]
+    assert (failed["status"], failed["error"]["code"]) == ("failed", "source_error")
+
+
+def test_a_nanosecond_cursor_keeps_a_watermark(runtime: ProductRuntime) -> None:
+    """A TIMESTAMP_NS cursor gives a microsecond watermark instead of failing the load."""
+    stamps = pa.array([1_700_000_000_123_456_789, 1_700_000_001_000_000_001], pa.timestamp("ns"))
+    table = pa.table({"id": [1, 2], "at": stamps})
+    record = load_stream(
+        runtime.storage, "ns", _stream(table), LoadOptions(cursor="at"), principal="t"
+    )
+    assert record.status == "succeeded"
+    assert ingestion_history(runtime.storage, "ns")[0]["watermark"] == "2023-11-14T22:13:21"
+
+
+def test_the_run_requests_thread_survives_an_unexpected_error() -> None:
+    """A start that raises something unexpected is logged; later requests still run."""
+    from pipelines.run_requests import RunRequests
+
+    started: list[str] = []
+    served = threading.Event()
+
+    def start(trigger: str) -> Any:
+        if trigger == "bad":
+            raise RuntimeError("boom")
+        started.append(trigger)
+        served.set()
+
+    requests = RunRequests(start, lambda: None)
+    try:
+        requests.request("bad")
+        time.sleep(0.2)
+        requests.request("good")
+        assert served.wait(5)
+    finally:
+        requests.stop()
+    assert started == ["good"]
+
+
+def test_a_secret_in_a_url_user_part_is_percent_encoded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A password holding `@` and `/` stays a password: encoded, and scrubbed either way."""
+    monkeypatch.setenv("DP_PW", "hunter2@evil.example/x")
+    monkeypatch.setenv("DP_URL", "postgresql://a:b@h/db")
+    resolver = SecretResolver(where="sources.db")
+    url = resolver.resolve("postgresql://u:${env:DP_PW}@db:5432/crm")
+    assert url == "postgresql://u:hunter2%40evil.example%2Fx@db:5432/crm"
+    assert resolver.resolve("${env:DP_URL}") == "postgresql://a:b@h/db"  # a whole URL: as is
+    assert resolver.resolve("Bearer ${env:DP_PW}") == "Bearer hunter2@evil.example/x"
+    shown = resolver.scrub(f"cannot reach {url} (password hunter2@evil.example/x)")
+    assert "hunter2" not in shown and "evil" not in shown
