@@ -15,7 +15,7 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import parse_qsl, quote, urlencode, urljoin, urlsplit, urlunsplit
+from urllib.parse import urljoin
 
 import duckdb
 import httpx
@@ -23,13 +23,20 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 from sqlglot import exp
 
+from connectors.http_common import (
+    check_same_origin,
+    first_line,
+    guarded_reader,
+    http_faults,
+    origin_of,
+    same_origin_client,
+    shown_url,
+)
 from dataproduct.connector import Connector, LoadState, SourceSpec
 from dataproduct.errors import SourceError, SourceUnavailableError
 from dataproduct.ingest import BATCH_ROWS, FileFormat, file_reader, format_from_name
-from dataproduct.secrets import HIDDEN, mask_url
 
 JSON_PATH = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
-SECRET_PARAM = re.compile(r"token|key|secret|passw|signature|sig$|auth|credential", re.I)
 MAX_OBJECT_BYTES = 2**32 - 1  # DuckDB's largest maximum_object_size
 _MEDIA_FORMATS: dict[str, FileFormat] = {
     "text/csv": "csv",
@@ -132,8 +139,11 @@ class HttpConnector(Connector):
         with tempfile.TemporaryDirectory(dir=downloads, prefix=f"{self.name}-") as folder:
             paths, file_format = self._download(Path(folder))
             with self._records(paths, file_format, folder) as reader:
-                yield pa.RecordBatchReader.from_batches(
-                    reader.schema, self._batches(reader, file_format)
+                yield guarded_reader(
+                    reader,
+                    (pa.ArrowException, OSError, duckdb.Error),
+                    f"malformed {file_format} body from {shown_url(self.http_spec.url)}",
+                    self.where,
                 )
 
     # downloading ---------------------------------------------------------------------
@@ -142,13 +152,16 @@ class HttpConnector(Connector):
         """Fetch the pages into `folder`: the files holding records, and their format."""
         spec = self.http_spec
         headers = {name: self.secret(value) for name, value in spec.headers.items()}
+        origin_url = self.secret(spec.url)
         request: PageRequest | None = PageRequest(
-            self.secret(spec.url), {k: self.secret(v) for k, v in spec.params.items()}
+            origin_url, {k: self.secret(v) for k, v in spec.params.items()}
         )
         page_number = spec.pagination.start if isinstance(spec.pagination, PagePagination) else 0
         paths: list[Path] = []
         file_format = spec.format
-        with httpx.Client(timeout=spec.timeout_s, headers=headers, follow_redirects=True) as client:
+        with same_origin_client(
+            origin_url, timeout_s=spec.timeout_s, where=self.where, headers=headers
+        ) as client:
             for index in range(spec.max_pages):
                 assert request is not None
                 sent = self._with_page_params(request, page_number + index)
@@ -187,22 +200,14 @@ class HttpConnector(Connector):
         """Stream one answer's body to `path`; the (closed) response for its headers."""
         target = httpx.URL(request.url).copy_merge_params(request.params)
         shown = shown_url(str(target))
-        try:
-            with client.stream("GET", target) as response:
-                self._check(response, shown)
-                with path.open("wb") as out:
-                    for chunk in response.iter_bytes():
-                        out.write(chunk)
-        except httpx.TimeoutException:
-            raise SourceUnavailableError(
-                f"{shown} did not answer within {self.http_spec.timeout_s:g} s", where=self.where
-            ) from None
-        except httpx.TransportError as error:
-            raise SourceUnavailableError(
-                f"cannot read {shown}: {type(error).__name__}", where=self.where
-            ) from None
-        except httpx.HTTPError as error:
-            raise SourceError(f"cannot read {shown}: {error}", where=self.where) from None
+        with (
+            http_faults(shown, self.http_spec.timeout_s, self.where),
+            client.stream("GET", target) as response,
+        ):
+            self._check(response, shown)
+            with path.open("wb") as out:
+                for chunk in response.iter_bytes():
+                    out.write(chunk)
         return response
 
     def _check(self, response: httpx.Response, shown: str) -> None:
@@ -246,13 +251,20 @@ class HttpConnector(Connector):
             return rows > 0, sent if rows > 0 and full else None
         if isinstance(pagination, LinkPagination):
             link = response.links.get("next", {}).get("url")
-            return True, PageRequest(urljoin(str(response.url), link), {}) if link else None
+            return True, self._next_link(response, link) if link else None
         if isinstance(pagination, CursorPagination):
             cursor = self._json_field(path, pagination.path, folder)
             if not cursor:
                 return True, None
             return True, PageRequest(sent.url, {**sent.params, pagination.param: cursor})
         return True, None
+
+    def _next_link(self, response: httpx.Response, link: str) -> PageRequest:
+        """The page a `rel=next` link names, if it stays on the origin of the source's URL."""
+        target = urljoin(str(response.url), link)
+        origin = origin_of(self.secret(self.http_spec.url))
+        check_same_origin(target, origin, "a next-page link", f"{self.where}.pagination")
+        return PageRequest(target, {})
 
     # reading -------------------------------------------------------------------------
 
@@ -276,7 +288,7 @@ class HttpConnector(Connector):
             except SourceError as error:
                 raise self._malformed(error.message, file_format, folder) from None
             except duckdb.Error as error:
-                raise self._malformed(_first_line(error), file_format, folder) from None
+                raise self._malformed(first_line(error), file_format, folder) from None
             yield reader
 
     def _wrapped_records(self, names: list[str]) -> exp.Select:
@@ -306,7 +318,7 @@ class HttpConnector(Connector):
             with self._engine() as engine:
                 found = engine.execute(query).fetchone()
         except duckdb.Error as error:
-            raise self._malformed(_first_line(error), file_format, folder) from None
+            raise self._malformed(first_line(error), file_format, folder) from None
         return int(found[0]) if found else 0
 
     def _json_field(self, path: Path, field: str, folder: str) -> str | None:
@@ -320,7 +332,7 @@ class HttpConnector(Connector):
             with self._engine() as engine:
                 found = engine.execute(query.sql("duckdb")).fetchone()
         except duckdb.Error as error:
-            raise self._malformed(_first_line(error), "json", folder) from None
+            raise self._malformed(first_line(error), "json", folder) from None
         return str(found[0]) if found and found[0] is not None else None
 
     @contextmanager
@@ -332,23 +344,6 @@ class HttpConnector(Connector):
             yield engine
         finally:
             engine.close()
-
-    def _batches(
-        self, reader: pa.RecordBatchReader, file_format: FileFormat
-    ) -> Iterator[pa.RecordBatch]:
-        """The reader's batches; a value DuckDB cannot read midway is a SourceError."""
-        while True:
-            try:
-                batch = reader.read_next_batch()
-            except StopIteration:
-                return
-            except (pa.ArrowException, OSError, duckdb.Error) as error:
-                raise SourceError(
-                    f"malformed {file_format} body from {shown_url(self.http_spec.url)}: "
-                    f"{_first_line(error)}",
-                    where=self.where,
-                ) from None
-            yield batch
 
     def _malformed(self, detail: str, file_format: FileFormat, folder: str) -> SourceError:
         detail = re.sub(rf"{re.escape(folder)}/page-\d+", "the response body", detail)
@@ -366,19 +361,6 @@ class HttpConnector(Connector):
         if spec.records_path:
             found["records_path"] = spec.records_path
         return found
-
-
-def shown_url(url: str) -> str:
-    """A URL fit for messages: no password, parameters named like credentials masked."""
-    parts = urlsplit(mask_url(url))
-    if not parts.query:
-        return urlunsplit(parts)
-    pairs = [
-        (name, HIDDEN if SECRET_PARAM.search(name) else value)
-        for name, value in parse_qsl(parts.query, keep_blank_values=True)
-    ]
-    query = urlencode(pairs, safe="*${}:", quote_via=quote)
-    return urlunsplit(parts._replace(query=query))
 
 
 def _read_json(names: list[str], function: str, json_format: str = "auto") -> exp.Expr:
@@ -406,8 +388,3 @@ def _reader_table(names: list[str], file_format: FileFormat) -> exp.Expr:
     reader = "read_csv" if file_format == "csv" else "read_parquet"
     files = exp.Array(expressions=[exp.Literal.string(n) for n in names])
     return exp.Anonymous(this=reader, expressions=[files])
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -22,6 +22,13 @@ import httpx
 import pyarrow as pa
 from pydantic import Field, model_validator
 
+from connectors.http_common import (
+    first_line,
+    guarded_reader,
+    http_faults,
+    same_origin_client,
+    shown_url,
+)
 from dataproduct.connector import Connector, IncrementalSpec, LoadState, SourceSpec
 from dataproduct.errors import SourceError, SourceUnavailableError
 from dataproduct.secrets import mask_url
@@ -137,7 +144,7 @@ class ProductConnector(Connector):
         url = self.secret(self.dataset_url())
         with ExitStack() as stack:
             client = stack.enter_context(
-                httpx.Client(timeout=self.product_spec.timeout_s, follow_redirects=True)
+                same_origin_client(url, timeout_s=self.product_spec.timeout_s, where=self.where)
             )
             response = self._send(client, url, self.query_params(state), headers)
             stack.callback(response.close)
@@ -148,28 +155,23 @@ class ProductConnector(Connector):
                 reader = pa.ipc.open_stream(body)
             except (pa.ArrowException, OSError) as error:
                 raise SourceError(
-                    f"the upstream answer is not an Arrow stream: {_first_line(error)}",
+                    f"the upstream answer is not an Arrow stream: {first_line(error)}",
                     where=self.where,
                 ) from None
-            yield pa.RecordBatchReader.from_batches(reader.schema, self._batches(reader))
+            yield guarded_reader(
+                reader,
+                (pa.ArrowException, OSError),
+                "the upstream Arrow stream is malformed or was cut short",
+                self.where,
+            )
 
     def _send(
         self, client: httpx.Client, url: str, params: dict[str, str], headers: dict[str, str]
     ) -> httpx.Response:
         request = client.build_request("GET", url, params=params, headers=headers)
-        try:
+        what = f"the upstream product at {self._shown_url()}"
+        with http_faults(what, self.product_spec.timeout_s, self.where):
             return client.send(request, stream=True)
-        except httpx.TimeoutException:
-            raise SourceUnavailableError(
-                f"the upstream product at {self._shown_url()} did not answer within "
-                f"{self.product_spec.timeout_s:g} s",
-                where=self.where,
-            ) from None
-        except httpx.TransportError as error:
-            raise SourceUnavailableError(
-                f"cannot reach the upstream product at {self._shown_url()}: {type(error).__name__}",
-                where=self.where,
-            ) from None
 
     def _check(self, response: httpx.Response) -> None:
         """SourceError (or SourceUnavailableError) for an answer that is not rows."""
@@ -195,23 +197,8 @@ class ProductConnector(Connector):
             )
         raise SourceError(f"{shown}: {_upstream_message(response)}", where=self.where)
 
-    def _batches(self, reader: pa.RecordBatchReader) -> Iterator[pa.RecordBatch]:
-        """The upstream batches; a truncated or corrupt stream is a SourceError."""
-        while True:
-            try:
-                batch = reader.read_next_batch()
-            except StopIteration:
-                return
-            except (pa.ArrowException, OSError) as error:
-                raise SourceError(
-                    f"the upstream Arrow stream is malformed or was cut short: "
-                    f"{_first_line(error)}",
-                    where=self.where,
-                ) from None
-            yield batch
-
     def _shown_url(self) -> str:
-        return mask_url(self.dataset_url())
+        return shown_url(self.dataset_url())
 
     def describe(self) -> dict[str, Any]:
         """Type, mode, upstream dataset URL and version; never the credential."""
@@ -252,8 +239,3 @@ def _upstream_message(response: httpx.Response) -> str:
     except (ValueError, KeyError, TypeError):
         message = raw[:200].decode("utf-8", errors="replace").strip()
     return str(message) or response.reason_phrase
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

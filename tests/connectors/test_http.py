@@ -18,7 +18,7 @@ import pytest
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from dataproduct.connector import LoadState, SourceContext, build_connector
@@ -116,6 +116,23 @@ async def endless(request: Request) -> Response:
     return JSONResponse([{"page": page}])
 
 
+async def redirect(request: Request) -> Response:
+    """`/redirect?to=<url>`: 307 to wherever `to` says."""
+    return RedirectResponse(request.query_params["to"], status_code=307)
+
+
+async def link_to(request: Request) -> Response:
+    """One NDJSON page whose `rel=next` link is `?to=<url>`."""
+    link = f'<{request.query_params["to"]}>; rel="next"'
+    return Response(_ndjson(ORDERS[:2]), media_type="application/x-ndjson", headers={"Link": link})
+
+
+async def recorded_orders(request: Request) -> Response:
+    """Another origin: it writes down the headers of each request, answers the orders."""
+    request.app.state.seen.append(dict(request.headers))
+    return Response(ORDERS_CSV, media_type="text/csv")
+
+
 async def fail(request: Request) -> Response:
     return Response("boom", status_code=int(request.path_params["status"]))
 
@@ -159,6 +176,8 @@ def api() -> Starlette:
             Route("/linked", linked),
             Route("/cursored", cursored),
             Route("/endless", endless),
+            Route("/redirect", redirect),
+            Route("/link-to", link_to),
             Route("/status/{status:int}", fail),
             Route("/malformed", malformed),
             Route("/slow", slow),
@@ -200,6 +219,21 @@ def base(app: Starlette) -> Iterator[str]:
         yield url
 
 
+@contextmanager
+def serve_recorder() -> Iterator[tuple[str, Starlette]]:
+    """Another origin (another port) that records the headers reaching it: URL and app."""
+    app = Starlette(routes=[Route("/{path:path}", recorded_orders)])
+    app.state.seen = []
+    with serve_in_thread(app) as url:
+        yield url, app
+
+
+@pytest.fixture(scope="module")
+def elsewhere() -> Iterator[tuple[str, Starlette]]:
+    with serve_recorder() as served:
+        yield served
+
+
 # helpers -----------------------------------------------------------------------------------
 
 
@@ -219,6 +253,16 @@ def sorted_rows(table: pa.Table) -> list[dict[str, Any]]:
 
 def downloads_left(tmp_path: Path) -> list[Path]:
     return [p for p in (tmp_path / "data" / "downloads").rglob("*") if p.is_file()]
+
+
+def assert_refused_elsewhere(
+    error: SourceError, what: str, origin: str, other: str, secret: str
+) -> None:
+    """`error` refuses to follow `what` from `origin` to `other`, and hides `secret`."""
+    assert not isinstance(error, SourceUnavailableError)
+    assert error.message.startswith(f"refused to follow {what} from {origin} ")
+    assert f"to another origin {other}:" in error.message
+    assert secret not in error.message
 
 
 # formats -----------------------------------------------------------------------------------
@@ -329,6 +373,73 @@ def test_cursor_pagination_sends_the_next_cursor_back(tmp_path: Path, base: str)
     assert sorted_rows(table) == ORDERS
 
 
+# credentials stay on the source's origin ----------------------------------------------------
+
+CREDENTIAL_HEADERS = {"Authorization": "Bearer ${env:API_TOKEN}", "X-Api-Key": "${env:API_TOKEN}"}
+
+
+def test_a_same_origin_redirect_is_followed(
+    tmp_path: Path, base: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("API_TOKEN", API_TOKEN)
+    to = f"{base}/secure"
+    table = read(
+        tmp_path, url=f"{base}/redirect?to={to}", headers=CREDENTIAL_HEADERS, records_path="data"
+    )
+    assert sorted_rows(table) == ORDERS[:2]  # /secure answers only with the token
+
+
+@pytest.mark.parametrize(
+    ("route", "options", "what", "where"),
+    [
+        ("redirect", {}, "a redirect", "sources.orders"),
+        (
+            "link-to",
+            {"pagination": {"type": "link"}},
+            "a next-page link",
+            "sources.orders.pagination",
+        ),
+    ],
+)
+def test_a_cross_origin_redirect_or_next_link_is_refused_before_any_header_leaves(
+    tmp_path: Path,
+    base: str,
+    elsewhere: tuple[str, Starlette],
+    monkeypatch: pytest.MonkeyPatch,
+    route: str,
+    options: dict[str, Any],
+    what: str,
+    where: str,
+) -> None:
+    monkeypatch.setenv("API_TOKEN", API_TOKEN)
+    other, other_app = elsewhere
+    other_app.state.seen.clear()
+    url = f"{base}/{route}?to={other}/orders.csv"
+    with pytest.raises(SourceError) as caught:
+        read(tmp_path, url=url, headers=CREDENTIAL_HEADERS, **options)
+    assert_refused_elsewhere(caught.value, what, base, other, API_TOKEN)
+    assert caught.value.where == where
+    assert other_app.state.seen == []  # the other server got no request at all
+    assert downloads_left(tmp_path) == []
+
+
+def test_the_other_origin_does_answer_when_asked_directly(
+    tmp_path: Path, elsewhere: tuple[str, Starlette]
+) -> None:
+    """The refusal above is the guard's doing, not a server that cannot be reached."""
+    other, other_app = elsewhere
+    other_app.state.seen.clear()
+    table = read(tmp_path, url=f"{other}/orders.csv", headers={"X-Api-Key": "public"})
+    assert sorted_rows(table) == ORDERS
+    assert [seen["x-api-key"] for seen in other_app.state.seen] == ["public"]
+
+
+def test_a_next_link_to_another_scheme_is_refused(tmp_path: Path, base: str) -> None:
+    https = base.replace("http://", "https://")
+    with pytest.raises(SourceError, match=r"another origin https://127\.0\.0\.1:\d+:"):
+        read(tmp_path, url=f"{base}/link-to?to={https}/linked", pagination={"type": "link"})
+
+
 def test_max_pages_guards_an_endless_api(tmp_path: Path, base: str) -> None:
     with pytest.raises(SourceError, match="more than max_pages=3"):
         read(tmp_path, url=f"{base}/endless", pagination={"type": "page"}, max_pages=3)
@@ -370,7 +481,7 @@ def test_malformed_body_is_a_source_error(tmp_path: Path, base: str) -> None:
 
 def test_connection_refused_is_transient(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}/orders.csv"
-    with pytest.raises(SourceUnavailableError, match="cannot read") as caught:
+    with pytest.raises(SourceUnavailableError, match="cannot reach") as caught:
         read(tmp_path, url=url)
     assert caught.value.where == "sources.orders"
 

@@ -23,7 +23,7 @@ import pytest
 from fastapi.testclient import TestClient
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from connectors.product import watermark_text
@@ -36,7 +36,7 @@ from dataproduct.settings import DataproductSettings
 from pipelines.runtime import ProductRuntime
 from tests.api import assert_error, serve, serve_example, wait_for_run
 from tests.conftest import SECRET, TokenFactory
-from tests.connectors.test_http import serve_in_thread
+from tests.connectors.test_http import assert_refused_elsewhere, serve_in_thread, serve_recorder
 from tests.server.conftest import Launcher, Server, free_port
 
 pytestmark = pytest.mark.server
@@ -429,7 +429,12 @@ def _arrow_bytes() -> bytes:
 async def fake_dataset(request: Request) -> Response:
     """`/output/datasets/{name}` of an upstream that answers badly on purpose."""
     request.app.state.seen.append(dict(request.query_params))
+    request.app.state.keys.append(request.headers.get("x-api-key"))
     name = request.path_params["name"]
+    if name == "moved":  # same origin
+        return RedirectResponse(f"/output/datasets/whole?{request.url.query}", status_code=307)
+    if name == "away":  # another origin
+        return RedirectResponse(f"{request.app.state.elsewhere}/output/datasets/whole")
     body = _arrow_bytes()
     if name == "whole":
         return Response(body, media_type="application/vnd.apache.arrow.stream")
@@ -444,6 +449,7 @@ async def fake_dataset(request: Request) -> Response:
 def fake_upstream() -> Iterator[tuple[str, Starlette]]:
     app = Starlette(routes=[Route("/output/datasets/{name}", fake_dataset)])
     app.state.seen = []
+    app.state.keys = []
     with serve_in_thread(app) as base:
         yield base, app
 
@@ -488,6 +494,43 @@ def test_a_body_that_is_not_arrow_is_a_source_error(
 def test_an_upstream_503_is_transient(tmp_path: Path, fake_upstream: tuple[str, Starlette]) -> None:
     with pytest.raises(SourceUnavailableError, match="answered 503: try later"):
         pull(tmp_path, url=fake_upstream[0], dataset="busy")
+
+
+API_KEY = "dpk_redirect_test_" + "K" * 40
+
+
+def test_a_same_origin_redirect_is_followed_with_the_api_key(
+    tmp_path: Path, fake_upstream: tuple[str, Starlette]
+) -> None:
+    base, app = fake_upstream
+    app.state.seen.clear()
+    app.state.keys.clear()
+    table = pull(tmp_path, url=base, dataset="moved", api_key=API_KEY)
+    assert table.num_rows == 50_000
+    assert table.column("id").to_pylist()[:3] == [0, 1, 2]
+    assert [seen["format"] for seen in app.state.seen] == ["arrow", "arrow"]
+    assert app.state.keys == [API_KEY, API_KEY]  # moved, then whole
+
+
+@pytest.fixture(scope="module")
+def elsewhere() -> Iterator[tuple[str, Starlette]]:
+    with serve_recorder() as served:
+        yield served
+
+
+def test_a_cross_origin_redirect_is_refused_and_the_api_key_never_leaves(
+    tmp_path: Path,
+    fake_upstream: tuple[str, Starlette],
+    elsewhere: tuple[str, Starlette],
+) -> None:
+    base, app = fake_upstream
+    other, other_app = elsewhere
+    app.state.elsewhere = other
+    other_app.state.seen.clear()
+    with pytest.raises(SourceError) as caught:
+        pull(tmp_path, url=base, dataset="away", api_key=API_KEY)
+    assert_refused_elsewhere(caught.value, "a redirect", base, other, API_KEY)
+    assert other_app.state.seen == []  # not a single request reached the other origin
 
 
 PLUS_TWO = timezone(timedelta(hours=2))
