@@ -1,8 +1,9 @@
 """Broker messages landed in the input layer: the sink and the consumer supervisor.
 
 `InputSink` turns a micro-batch of messages into rows of `input.<source>`: ids already
-landed are skipped (they are recorded in `meta.message_ids` in the same transaction as the
-rows, so de-duplication is atomic with the data), a message that cannot be read or whose
+landed are skipped (they are checked and recorded in `meta.message_ids` inside the load's
+transaction, see `dataproduct.message_store`, so de-duplication is atomic with the data),
+a message that cannot be read or whose
 rows do not fit the table goes to `meta.dead_letters` instead of blocking the stream, and
 the rest is appended in one load. `MessageSupervisor` runs one consumer thread per message
 source and reconnects with capped exponential backoff when a broker is lost.
@@ -18,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,6 +35,16 @@ from dataproduct.errors import (
     ValidationError,
 )
 from dataproduct.ingest import Ingestion, file_reader
+from dataproduct.message_status import SourceStatus, mark_connected
+from dataproduct.message_store import (
+    NO_ID,
+    DeadLetter,
+    LandedMeanwhile,
+    create_message_tables,
+    forget_before,
+    landed_ids,
+    record_landed,
+)
 from dataproduct.storage import Storage
 
 log = logging.getLogger("dataproduct.messages")
@@ -41,14 +52,9 @@ log = logging.getLogger("dataproduct.messages")
 PRINCIPAL = "messages"
 RETENTION = timedelta(days=7)
 PRUNE_EVERY_S = 600.0
+LAND_ATTEMPTS = 3
 
-MESSAGE_DDL = (
-    """CREATE TABLE IF NOT EXISTS meta.message_ids (
-        source VARCHAR, id VARCHAR, landed_at TIMESTAMPTZ)""",
-    """CREATE TABLE IF NOT EXISTS meta.dead_letters (
-        source VARCHAR, id VARCHAR, body BLOB, headers JSON, error VARCHAR,
-        failed_at TIMESTAMPTZ)""",
-)
+__all__ = ["InputSink", "MessageSupervisor", "SourceStatus", "mark_connected", "parse_records"]
 
 OpenStream = Callable[[], AbstractContextManager[pa.RecordBatchReader]]
 BeforeCommit = Callable[[duckdb.DuckDBPyConnection], None]
@@ -71,13 +77,14 @@ class LoadFunction(Protocol):
 def parse_records(body: bytes) -> list[dict[str, Any]]:
     """The records of a body: a JSON object, an array of objects, or NDJSON lines.
 
-    ValueError says why a body cannot be read.
+    ValueError says why a body cannot be read (JSON nested deeper than Python's recursion
+    limit included).
     """
     text = body.decode("utf-8").strip()
     if not text:
         raise ValueError("the body is empty")
     try:
-        value = json.loads(text)
+        value = _loads(text)
     except json.JSONDecodeError:
         value = [_ndjson_line(number, line) for number, line in _lines(text)]
     records = value if isinstance(value, list) else [value]
@@ -93,9 +100,17 @@ def _lines(text: str) -> Iterator[tuple[int, str]]:
             yield number, line
 
 
+def _loads(text: str) -> Any:
+    """json.loads, with a RecursionError (deeply nested JSON) as a ValueError."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("the JSON is nested too deeply") from None
+
+
 def _ndjson_line(number: int, line: str) -> Any:
     try:
-        return json.loads(line)
+        return _loads(line)
     except json.JSONDecodeError as error:
         raise ValueError(f"line {number}: {error.msg} (column {error.colno})") from None
 
@@ -104,12 +119,6 @@ def _ndjson_line(number: int, line: str) -> Any:
 class _Parsed:
     message: Message
     records: list[dict[str, Any]]
-
-
-@dataclass(frozen=True)
-class _DeadLetter:
-    message: Message
-    reason: str
 
 
 def _message_at_row(good: list[_Parsed], row: Any) -> int | None:
@@ -124,89 +133,15 @@ def _message_at_row(good: list[_Parsed], row: Any) -> int | None:
     return None
 
 
-@dataclass
-class SourceStatus:
-    """What a message source is doing: shown on the control port."""
-
-    connected: bool = False
-    last_error: dict[str, Any] | None = None
-    last_error_at: datetime | None = None
-    reconnects: int = 0
-    messages_received: int = 0
-    duplicates: int = 0
-    dead_letters: int = 0
-    rows_landed: int = 0
-    batches_landed: int = 0
-    last_landed_at: datetime | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def failed(self, error: dict[str, Any]) -> None:
-        """Remember an error and that the source is no longer connected."""
-        with self._lock:
-            self.connected = False
-            self.last_error = error
-            self.last_error_at = datetime.now(UTC)
-
-    def set_connected(self, connected: bool) -> None:
-        """The consumer reached (or lost) its broker."""
-        with self._lock:
-            self.connected = connected
-
-    def retrying(self) -> None:
-        """Count a reconnection attempt."""
-        with self._lock:
-            self.reconnects += 1
-
-    def landed(self, received: int, duplicates: int, dead: int, rows: int) -> None:
-        """Count one micro-batch."""
-        with self._lock:
-            self.messages_received += received
-            self.duplicates += duplicates
-            self.dead_letters += dead
-            self.rows_landed += rows
-            self.batches_landed += 1
-            self.last_landed_at = datetime.now(UTC)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready snapshot."""
-        with self._lock:
-            return {
-                "connected": self.connected,
-                "last_error": self.last_error,
-                "last_error_at": _iso(self.last_error_at),
-                "reconnects": self.reconnects,
-                "messages_received": self.messages_received,
-                "duplicates": self.duplicates,
-                "dead_letters": self.dead_letters,
-                "rows_landed": self.rows_landed,
-                "batches_landed": self.batches_landed,
-                "last_landed_at": _iso(self.last_landed_at),
-            }
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return moment.isoformat() if moment else None
-
-
-def mark_connected(sink: MessageSink, connected: bool) -> None:
-    """Tell a sink's status that its consumer reached or lost the broker (if it keeps one)."""
-    status = getattr(sink, "status", None)
-    if isinstance(status, SourceStatus):
-        status.set_connected(connected)
-
-
-def create_message_tables(storage: Storage) -> None:
-    """Create `meta.message_ids` and `meta.dead_letters` if they are missing."""
-    with storage.transaction(changes_data=False) as cursor:
-        for ddl in MESSAGE_DDL:
-            cursor.execute(ddl)
-
-
 class InputSink(MessageSink):
     """Lands micro-batches of one source in `input.<source>`, each id once.
 
-    A message that cannot be read, or whose rows do not fit the table (the refusal's row
-    number points at it, or halving the batch finds it), is recorded in
+    Ids already landed are skipped: the sink looks them up first, and the load's
+    transaction checks them again before it records the new ones, so a batch whose ids
+    landed meanwhile is undone and looked at again. A message with no id (`NO_ID`) is
+    landed every time it arrives. A message that cannot be read (whatever the parser
+    raised, a RecursionError included), or whose rows do not fit the table (the refusal's
+    row number points at it, or halving the batch finds it), is recorded in
     `meta.dead_letters` with its body and the reason, and counted as settled, so the
     connector acknowledges it. Any other failure is raised: nothing is recorded and the
     broker delivers the batch again.
@@ -235,15 +170,25 @@ class InputSink(MessageSink):
 
     def land(self, messages: Sequence[Message]) -> int:
         """Append the new messages' rows in one transaction; return the rows added."""
+        for _ in range(LAND_ATTEMPTS):
+            try:
+                return self._land_new(messages)
+            except LandedMeanwhile:
+                continue  # another writer landed some ids: look again
+        raise SourceUnavailableError(
+            "the batch's ids kept landing from elsewhere", where=f"sources.{self.source}"
+        )
+
+    def _land_new(self, messages: Sequence[Message]) -> int:
         fresh = self._unseen(messages)
         good: list[_Parsed] = []
-        dead: list[_DeadLetter] = []
+        dead: list[DeadLetter] = []
         empty: list[Message] = []
         for message in fresh:
             try:
                 records = parse_records(message.body)
-            except ValueError as error:
-                dead.append(_DeadLetter(message, f"cannot read the body: {error}"))
+            except Exception as error:  # noqa: BLE001 - any unreadable body is a dead letter
+                dead.append(DeadLetter(message, f"cannot read the body: {error}"))
                 continue
             if records:
                 good.append(_Parsed(message, records))
@@ -257,22 +202,18 @@ class InputSink(MessageSink):
         return rows
 
     def _unseen(self, messages: Sequence[Message]) -> list[Message]:
-        """Messages whose id is neither landed before nor earlier in this batch."""
-        ids = list({message.id for message in messages})
+        """Messages without id, and those whose id is neither landed before nor earlier in
+        this batch (the load's transaction checks again)."""
         with self.storage.reader() as cursor:
-            rows = cursor.execute(
-                "SELECT id FROM meta.message_ids WHERE source = ? AND list_contains(?, id)",
-                [self.source, ids],
-            ).fetchall()
-        seen = {row[0] for row in rows}
+            seen = landed_ids(cursor, self.source, [message.id for message in messages])
         fresh = []
         for message in messages:
-            if message.id not in seen:
+            if message.id == NO_ID or message.id not in seen:
                 seen.add(message.id)
                 fresh.append(message)
         return fresh
 
-    def _land(self, good: list[_Parsed], settled: list[Message], dead: list[_DeadLetter]) -> int:
+    def _land(self, good: list[_Parsed], settled: list[Message], dead: list[DeadLetter]) -> int:
         """Load `good`, recording their ids, the `settled` ones and the dead letters with it.
 
         When the rows do not fit, the message the refusal points at (by its row number) is
@@ -282,7 +223,7 @@ class InputSink(MessageSink):
         ids = [parsed.message.id for parsed in good] + [message.id for message in settled]
         if not good:
             with self.storage.transaction() as cursor:
-                self._record(cursor, ids, dead)
+                record_landed(cursor, self.source, ids, dead)
             return 0
         try:
             return self._load(good, ids, dead)
@@ -291,7 +232,7 @@ class InputSink(MessageSink):
                 raise
             if len(good) == 1:
                 self._misfits += 1
-                letter = _DeadLetter(good[0].message, error.message)
+                letter = DeadLetter(good[0].message, error.message)
                 return self._land([], settled, [*dead, letter])
             suspect = _message_at_row(good, error.details.get("row"))
             if suspect is None:
@@ -300,14 +241,14 @@ class InputSink(MessageSink):
             others = good[:suspect] + good[suspect + 1 :]
             return self._land(others, settled, dead) + self._land([good[suspect]], [], [])
 
-    def _load(self, good: list[_Parsed], ids: list[str], dead: list[_DeadLetter]) -> int:
+    def _load(self, good: list[_Parsed], ids: list[str], dead: list[DeadLetter]) -> int:
         with self._spooled(good) as (path, size):
             ingestion = self.load(
                 self.source,
                 lambda: file_reader(path, "ndjson", {"sample_size": -1}),
                 principal=self.principal,
                 size_bytes=size,
-                before_commit=lambda cursor: self._record(cursor, ids, dead),
+                before_commit=lambda cursor: record_landed(cursor, self.source, ids, dead),
             )
         return ingestion.rows
 
@@ -328,45 +269,13 @@ class InputSink(MessageSink):
         finally:
             Path(path).unlink(missing_ok=True)
 
-    def _record(
-        self, cursor: duckdb.DuckDBPyConnection, ids: list[str], dead: list[_DeadLetter]
-    ) -> None:
-        now = datetime.now(UTC)
-        all_ids = ids + [letter.message.id for letter in dead]
-        cursor.execute(
-            "INSERT INTO meta.message_ids SELECT ?, unnest(?::VARCHAR[]), ?",
-            [self.source, all_ids, now],
-        )
-        for letter in dead:
-            cursor.execute(
-                "INSERT INTO meta.dead_letters VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    self.source, letter.message.id, letter.message.body,
-                    json.dumps(letter.message.headers), letter.reason, now,
-                ],
-            )  # fmt: skip
-        if dead:
-            log.warning(
-                "source %s: %d message(s) dead-lettered: %s",
-                self.source, len(dead), dead[0].reason,
-            )  # fmt: skip
-
     def _prune(self) -> None:
         """Forget ids (and dead letters) older than the retention, now and then."""
         clock = time.monotonic()
         if clock - self._pruned_at < PRUNE_EVERY_S:
             return
         self._pruned_at = clock
-        before = datetime.now(UTC) - self.retention
-        with self.storage.transaction(changes_data=False) as cursor:
-            cursor.execute(
-                "DELETE FROM meta.message_ids WHERE source = ? AND landed_at < ?",
-                [self.source, before],
-            )
-            cursor.execute(
-                "DELETE FROM meta.dead_letters WHERE source = ? AND failed_at < ?",
-                [self.source, before],
-            )
+        forget_before(self.storage, self.source, datetime.now(UTC) - self.retention)
 
 
 class MessageSupervisor:

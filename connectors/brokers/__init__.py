@@ -18,10 +18,13 @@ from pydantic import Field
 
 from dataproduct.connector import Message, SourceSpec
 from dataproduct.errors import SourceUnavailableError
+from dataproduct.message_store import NO_ID
 
 Handle = TypeVar("Handle")
 
 STOP_CHECK_S = 0.25  # how often a waiting consumer looks at the stop event
+
+Dedupe = Literal["id", "content"]  # what identifies a message that has no id
 
 
 class BrokerSpec(SourceSpec):
@@ -39,6 +42,12 @@ def digest(*parts: bytes) -> str:
         hasher.update(len(part).to_bytes(8, "big"))
         hasher.update(part)
     return hasher.hexdigest()
+
+
+def id_without_identity(dedupe: Dedupe, *content: bytes) -> str:
+    """The id of a message the broker and publisher gave none: a hash of its content when
+    de-duplicating by content was chosen, else NO_ID (landed every time it arrives)."""
+    return digest(*content) if dedupe == "content" else NO_ID
 
 
 class Batch(Generic[Handle]):

@@ -4,8 +4,9 @@ The session outlives the connection (`clean_start` false, a session expiry), so 
 messages published while the product is away wait in the broker. Messages are
 acknowledged by hand after the sink has committed them. MQTT has no negative
 acknowledgement: when a land fails the consumer disconnects, and the broker sends the
-unacknowledged messages again when it reconnects. The message id is `id_field` of the JSON
-payload when configured and present, else a SHA-256 of topic and payload.
+unacknowledged messages again when it reconnects. MQTT gives a message no lasting
+identity (packet ids are reused), so the message id is `id_field` of the JSON payload when
+configured and present; without it see `MqttSpec.dedupe`.
 """
 
 from __future__ import annotations
@@ -18,10 +19,16 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from connectors.brokers import Batch, BrokerSpec, digest, unavailable
+from connectors.brokers import (
+    Batch,
+    BrokerSpec,
+    Dedupe,
+    id_without_identity,
+    unavailable,
+)
 from dataproduct.connector import Message, MessageConnector, MessageSink
 from dataproduct.errors import SourceError, SourceUnavailableError
-from dataproduct.messages import mark_connected
+from dataproduct.message_status import mark_connected
 
 RECEIVE_MAXIMUM = 65535  # MQTT 5 limit on unacknowledged messages the broker may send us
 BAD_CREDENTIALS = {0x86, 0x87, 0x8C}  # bad user name or password, not authorized, bad auth
@@ -32,6 +39,12 @@ class MqttSpec(BrokerSpec):
 
     `client_id` names the persistent session: keep it stable and unique per product and
     source. QoS 0 is at most once (nothing waits while the product is away).
+
+    `dedupe` says what happens to a message without id (no `id_field`, or the payload
+    lacks it). With `id` (default) it lands every time it arrives: two identical readings
+    are two events, and a redelivery after a lost acknowledgement lands again (at least
+    once). With `content` a SHA-256 of topic and payload is its id: identical messages
+    within the retention land once.
     """
 
     type: Literal["mqtt"] = "mqtt"
@@ -46,6 +59,7 @@ class MqttSpec(BrokerSpec):
     session_expiry_s: int = Field(default=7 * 86400, ge=60, le=0xFFFFFFFF)
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     connect_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    dedupe: Dedupe = "id"
 
 
 class _Session:
@@ -192,10 +206,12 @@ class MqttConnector(MessageConnector):
         topic: str = received.topic
         payload: bytes = received.payload
         found = self._payload_id(payload) if self.mqtt_spec.id_field else None
-        return Message(found or digest(topic.encode(), payload), payload, {"topic": topic})
+        if found is None:
+            found = id_without_identity(self.mqtt_spec.dedupe, topic.encode(), payload)
+        return Message(found, payload, {"topic": topic})
 
     def _payload_id(self, payload: bytes) -> str | None:
-        with suppress(ValueError):
+        with suppress(ValueError, RecursionError):  # the sink dead-letters what it cannot read
             record = json.loads(payload)
             if isinstance(record, dict) and record.get(self.mqtt_spec.id_field) is not None:
                 return str(record[self.mqtt_spec.id_field])

@@ -16,7 +16,7 @@ from pydantic import Field
 from connectors.brokers import Batch, BrokerSpec, unavailable
 from dataproduct.connector import Message, MessageConnector, MessageSink
 from dataproduct.errors import SourceError
-from dataproduct.messages import mark_connected
+from dataproduct.message_status import mark_connected
 from dataproduct.secrets import mask_url
 
 if TYPE_CHECKING:

@@ -1,23 +1,35 @@
 """RabbitMQ (AMQP 0-9-1): one durable queue, consumed with pika's blocking adapter.
 
-The message id is the `message_id` property when the publisher set one, else a SHA-256
-of the body. A landed batch is acknowledged with one `basic_ack(multiple=True)`; a batch
-the sink refuses is negatively acknowledged and requeued.
+The message id is the `message_id` property when the publisher set one. A message without
+one has no identity: by default it is landed every time it arrives, so two identical
+messages both land (see `RabbitMqSpec.dedupe`). A landed batch is acknowledged with one
+`basic_ack(multiple=True)`; a batch the sink refuses is negatively acknowledged and
+requeued.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from contextlib import suppress
 from typing import Any, Literal
 
 from pydantic import Field
 
-from connectors.brokers import Batch, BrokerSpec, digest, unavailable
+from connectors.brokers import (
+    Batch,
+    BrokerSpec,
+    Dedupe,
+    id_without_identity,
+    unavailable,
+)
 from dataproduct.connector import Message, MessageConnector, MessageSink
 from dataproduct.errors import SourceError
-from dataproduct.messages import mark_connected
+from dataproduct.message_status import mark_connected
+from dataproduct.message_store import NO_ID
 from dataproduct.secrets import mask_url
+
+log = logging.getLogger("dataproduct.messages")
 
 POLL_S = 0.1  # how long pika waits for a message before the loop looks at the clock
 PRECONDITION_FAILED = 406
@@ -30,6 +42,14 @@ class RabbitMqSpec(BrokerSpec):
 
     The queue is declared durable if it does not exist. `prefetch` bounds the messages
     delivered but not yet acknowledged (default: `batch_messages`).
+
+    `dedupe` says what happens to a message without `message_id`. With `id` (default) it
+    lands every time it arrives: two identical messages are two events. The only way such
+    a message arrives twice is a redelivery (`redelivered` flag) after its batch was
+    committed but the connection was lost before the acknowledgement; it cannot be told
+    apart from an identical message that never landed, so it is landed again (at least
+    once: a rare duplicate rather than a silent loss) and logged. With `content` a SHA-256
+    of the body is its id: identical bodies within the retention land once.
     """
 
     type: Literal["rabbitmq"] = "rabbitmq"
@@ -37,6 +57,7 @@ class RabbitMqSpec(BrokerSpec):
     queue: str = Field(min_length=1, max_length=255)
     prefetch: int | None = Field(default=None, ge=1, le=65535)
     connect_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    dedupe: Dedupe = "id"
 
 
 class RabbitMqConnector(MessageConnector):
@@ -127,7 +148,8 @@ class RabbitMqConnector(MessageConnector):
                 spec.queue, inactivity_timeout=min(POLL_S, spec.batch_seconds)
             ):
                 if method is not None:
-                    batch.add(self._message(properties, body), method.delivery_tag)
+                    message = self._message(properties, body, method.redelivered)
+                    batch.add(message, method.delivery_tag)
                 if batch.ready() or (stop.is_set() and batch.messages):
                     self._land(channel, sink, batch)
                 if stop.is_set():
@@ -136,10 +158,15 @@ class RabbitMqConnector(MessageConnector):
             with suppress(Exception):
                 channel.cancel()
 
-    @staticmethod
-    def _message(properties: Any, body: bytes) -> Message:
+    def _message(self, properties: Any, body: bytes, redelivered: bool) -> Message:
         headers = {str(k): str(v) for k, v in (properties.headers or {}).items()}
-        return Message(properties.message_id or digest(body), body, headers)
+        if properties.message_id:
+            return Message(properties.message_id, body, headers)
+        found = id_without_identity(self.rabbit_spec.dedupe, body)
+        if redelivered and found == NO_ID:
+            log.warning("source %s: a redelivered message without message_id lands again "
+                        "(a duplicate if its first delivery was committed)", self.name)  # fmt: skip
+        return Message(found, body, headers)
 
     @staticmethod
     def _land(channel: Any, sink: MessageSink, batch: Batch[int]) -> None:

@@ -45,7 +45,7 @@ __all__ = ["mosquitto_server", "nats_server", "rabbit_proxy"]  # fixtures used b
 
 WAIT_S = 15.0
 BATCHING = {"batch_messages": 16, "batch_seconds": 0.2}
-Published = Sequence[tuple[str, bytes]]
+Published = Sequence[tuple[str | None, bytes]]  # (id, body); None: published without id
 
 
 def record(seq: int) -> dict[str, Any]:
@@ -106,7 +106,8 @@ class NatsHarness:
         client = await nats.connect(self.url, connect_timeout=5)
         jetstream = client.jetstream()
         for msg_id, body in published:
-            await jetstream.publish(self.subject, body, headers={"Nats-Msg-Id": msg_id})
+            headers = {"Nats-Msg-Id": msg_id} if msg_id else None
+            await jetstream.publish(self.subject, body, headers=headers)
         await client.close()
 
     async def _delete(self) -> None:
@@ -134,7 +135,8 @@ class RabbitHarness:
         return {"type": "rabbitmq", "url": url, "queue": self.queue}
 
     def publish(self, published: Published) -> None:
-        """Persistent messages with message_id properties (straight to the broker)."""
+        """Persistent messages, with a message_id property unless the id is None (straight
+        to the broker)."""
         with self._channel() as channel:
             for msg_id, body in published:
                 properties = pika.BasicProperties(message_id=msg_id, delivery_mode=2)
@@ -312,6 +314,18 @@ def expected(seqs: Sequence[int]) -> list[tuple[int, str, float]]:
     return [(s, f"item {s}", s * 1.5) for s in sorted(seqs)]
 
 
+def seqs(runtime: ProductRuntime) -> list[int]:
+    """The seq of every landed row, sorted."""
+    return [r[0] for r in rows(runtime, "SELECT seq FROM input.events")]
+
+
+def settle(runtime: ProductRuntime, harness: Harness, sentinel: int) -> None:
+    """Publish the sentinel message `m-<sentinel>` and wait until it lands: whatever the
+    broker had delivered before it has been landed (or skipped) by then."""
+    publish_retrying(harness, messages([sentinel]))
+    wait_until(lambda: sentinel in seqs(runtime), f"the sentinel m-{sentinel} lands", 30)
+
+
 class FailsFirstLand(InputSink):
     """Raises on its first land, before anything is committed."""
 
@@ -381,13 +395,13 @@ def test_a_republished_id_lands_once(product: ProductRuntime, harness: Harness) 
         harness.publish(messages([0, 1, 2, 3, 4, 5, 5]))
         wait_until(lambda: supervisor.status()["events"]["duplicates"] >= 5, "duplicates seen")
         wait_until(lambda: row_count(product) >= 6, "the new message lands")
-        time.sleep(0.3)  # a late duplicate would land meanwhile
-    assert rows(product) == expected(range(6))
+        settle(product, harness, 99)  # a late duplicate would land before the sentinel
+    assert rows(product) == expected([*range(6), 99])
     with product.storage.reader() as cursor:
         ids = cursor.execute(
             "SELECT id FROM meta.message_ids WHERE source = 'events' ORDER BY id"
         ).fetchall()
-    assert [i[0] for i in ids] == [f"m-{s}" for s in range(6)]
+    assert [i[0] for i in ids] == [f"m-{s}" for s in [*range(6), 99]]
 
 
 def test_a_failed_land_is_not_acknowledged_and_comes_again(
@@ -420,8 +434,8 @@ def test_a_batch_landed_but_not_acknowledged_does_not_land_twice(
             lambda: supervisor.status()["events"]["duplicates"] >= len(sink.first_ids),
             "the unacknowledged batch comes again",
         )
-        time.sleep(0.3)
-    assert rows(product) == expected(range(10))
+        settle(product, harness, 99)
+    assert rows(product) == expected([*range(10), 99])
 
 
 def test_a_bad_message_is_dead_lettered_and_the_stream_goes_on(
@@ -457,6 +471,72 @@ def test_a_bad_message_is_dead_lettered_and_the_stream_goes_on(
         runtime.close()
 
 
+DEEP = b"[" * 50000  # json.loads raises RecursionError on it, not ValueError
+
+
+def test_a_deeply_nested_message_is_dead_lettered_and_the_stream_goes_on(
+    product: ProductRuntime, harness: Harness
+) -> None:
+    with consuming(product) as supervisor:
+        harness.publish([("m-deep", DEEP), *messages([0, 1])])
+        wait_until(lambda: row_count(product) == 2, "the good messages after it land")
+        settle(product, harness, 2)
+        status = supervisor.status()["events"]
+    assert rows(product) == expected([0, 1, 2])
+    assert status["dead_letters"] == 1 and status["last_error"] is None
+    with product.storage.reader() as cursor:
+        dead = cursor.execute(
+            "SELECT id, body, error FROM meta.dead_letters WHERE source = 'events'"
+        ).fetchall()
+    # MQTT takes ids from the payload's msg_id, which an unreadable payload has not
+    expected_id = None if harness.kind == "mqtt" else "m-deep"
+    assert [(i, bytes(b), e) for i, b, e in dead] == [
+        (expected_id, DEEP, "cannot read the body: the JSON is nested too deeply")
+    ]
+
+
+@pytest.fixture(params=["rabbitmq", "mqtt"])
+def idless_harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
+    """A queue or topic whose messages carry no id (RabbitMQ and MQTT; NATS always has
+    the stream sequence)."""
+    port, name = SHARED_PORTS[request.param]
+    require_service(port, name)
+    made: Harness = RabbitHarness() if request.param == "rabbitmq" else MqttHarness()
+    yield made
+    made.cleanup()
+
+
+@pytest.mark.parametrize(("dedupe", "landed"), [(None, [7, 7, 8]), ("content", [7, 8])])
+def test_identical_messages_without_id(
+    tmp_path: Path,
+    settings: DataproductSettings,
+    idless_harness: Harness,
+    dedupe: str | None,
+    landed: list[int],
+) -> None:
+    """By default both land (two events); with `dedupe: content` only one does."""
+    options = {k: v for k, v in idless_harness.options().items() if k != "id_field"}
+    if dedupe:
+        options["dedupe"] = dedupe
+    runtime = open_product(tmp_path, settings, options)
+    body = json.dumps(record(7)).encode()
+    try:
+        with consuming(runtime) as supervisor:
+            idless_harness.publish([(None, body), (None, body)])
+            settle(runtime, idless_harness, 8)  # published after: both 7s were handled
+            status = supervisor.status()["events"]
+        assert rows(runtime) == expected(landed)
+        assert status["messages_received"] == 3
+        assert status["duplicates"] == 3 - len(landed)
+        with runtime.storage.reader() as cursor:
+            ids = cursor.execute("SELECT count(*) FROM meta.message_ids").fetchall()
+        hashed = 1 if dedupe else 0  # the 7s' content hash
+        sentinel = 1 if dedupe or idless_harness.kind == "rabbitmq" else 0  # its message_id
+        assert ids == [(hashed + sentinel,)]
+    finally:
+        runtime.close()
+
+
 # outages ----------------------------------------------------------------------------------
 
 
@@ -474,7 +554,7 @@ def publish_retrying(harness: Harness, published: Published, timeout_s: float = 
 
 
 def assert_exactly_once_after_outage(
-    runtime: ProductRuntime, supervisor: MessageSupervisor, total: int
+    runtime: ProductRuntime, supervisor: MessageSupervisor, harness: Harness, total: int
 ) -> None:
     """Every message landed once, and the consumer noticed the outage and came back."""
     try:
@@ -483,8 +563,8 @@ def assert_exactly_once_after_outage(
         missing = sorted(set(range(total)) - {r[0] for r in rows(runtime)})
         raise AssertionError(f"missing seqs {missing}; {supervisor.status()}") from None
     wait_until(lambda: supervisor.status()["events"]["connected"], "the consumer reconnects")
-    time.sleep(0.5)  # a redelivered duplicate would land meanwhile
-    assert rows(runtime) == expected(range(total))
+    settle(runtime, harness, total)  # a redelivered duplicate would land before it
+    assert rows(runtime) == expected(range(total + 1))
     status = supervisor.status()["events"]
     assert status["reconnects"] >= 1
     assert status["last_error"]["code"] == "source_unavailable"
@@ -502,7 +582,7 @@ def test_nats_server_killed_mid_stream(
             wait_until(lambda: row_count(runtime) > 0, "landing starts")
             nats_server.restart()  # SIGKILL: JetStream's file store keeps stream and consumer
             publish_retrying(harness, messages(range(200, 300)))
-            assert_exactly_once_after_outage(runtime, supervisor, 300)
+            assert_exactly_once_after_outage(runtime, supervisor, harness, 300)
     finally:
         runtime.close()
 
@@ -519,7 +599,7 @@ def test_mosquitto_restarted_mid_stream(
             wait_until(lambda: row_count(runtime) > 0, "landing starts")
             mosquitto_server.restart(signal.SIGTERM)  # it saves the session as it exits
             publish_retrying(harness, messages(range(200, 300)))
-            assert_exactly_once_after_outage(runtime, supervisor, 300)
+            assert_exactly_once_after_outage(runtime, supervisor, harness, 300)
     finally:
         runtime.close()
 
@@ -539,7 +619,7 @@ def test_rabbitmq_connection_cut_mid_stream(
             harness.publish(messages(range(200, 300)))  # straight to the broker
             time.sleep(0.3)  # the consumer retries against the closed port meanwhile
             rabbit_proxy.restore()
-            assert_exactly_once_after_outage(runtime, supervisor, 300)
+            assert_exactly_once_after_outage(runtime, supervisor, harness, 300)
     finally:
         runtime.close()
         harness.cleanup()
@@ -721,6 +801,8 @@ def test_bodies_are_objects_arrays_or_ndjson(body: bytes, records: list[Any]) ->
         (b"", "the body is empty"),
         (b'{"a": 1}\n{"a": ', "line 2: Expecting value (column 6)"),
         (b'[{"a": 1}, 2]', "record 2 is a int, not an object"),
+        (b"[" * 50000, "the JSON is nested too deeply"),
+        (b'{"a": 1}\n' + b"[" * 50000, "the JSON is nested too deeply"),
         (b"\xff\xfe", "'utf-8' codec can't decode byte 0xff in position 0: invalid start byte"),
     ],
 )
