@@ -26,7 +26,6 @@ import argparse
 import json
 import logging
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -50,6 +49,7 @@ from run import Check, Measurement, Run, cpu_seconds, log, machine_lines, ratio_
 from dataproduct.ingest import BATCH_ROWS  # noqa: E402
 from dataproduct.settings import DataproductSettings  # noqa: E402
 from pipelines.runtime import ProductRuntime  # noqa: E402
+from tests.server.conftest import free_port  # noqa: E402
 
 SECRET = "bench-secret-0123456789-abcdefghij"
 TARGET = 1.3  # dataproduct ingest / pyarrow read
@@ -79,14 +79,6 @@ class Store:
 
     endpoint: str
     filesystem: pafs.S3FileSystem
-
-
-def free_port() -> int:
-    """A TCP port free on loopback right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def start_store() -> tuple[Any, Store]:

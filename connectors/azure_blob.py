@@ -15,17 +15,19 @@ from urllib.parse import urlsplit
 import pyarrow.fs as pafs
 from pydantic import Field
 
-from connectors.object_store import ObjectSelectionSpec, ObjectStoreConnector, clean_message
+from connectors.errors import (
+    DENIED_CODES,
+    DENIED_STATUS,
+    TRANSIENT_STATUS,
+    first_line,
+    looks_unreachable,
+)
+from connectors.object_store import ObjectStoreConnector
+from connectors.object_store_listing import ObjectSelectionSpec
 from dataproduct.errors import DataproductError, SourceError, SourceUnavailableError
 from dataproduct.secrets import mask_url
 
 _AZURE_ERROR = re.compile(r"Azure Error: \[(?P<code>\w*)\] (?P<status>\d{3})?")
-_UNREACHABLE = ("Could not connect", "Fail to get a new connection", "timed out", "Timeout")
-_DENIED_CODES = frozenset(
-    {"AuthorizationFailure", "AuthenticationFailed", "AuthorizationPermissionMismatch",
-     "InvalidAuthenticationInfo", "InsufficientAccountPermissions"}
-)  # fmt: skip
-_TRANSIENT_STATUS = frozenset({"408", "429", "500", "502", "503", "504"})
 
 
 class AzureBlobSpec(ObjectSelectionSpec):
@@ -95,7 +97,7 @@ class AzureBlobConnector(ObjectStoreConnector):
             return pafs.AzureFileSystem(**options)
         except (OSError, ValueError) as error:
             raise SourceError(
-                f"cannot use the Azure account {spec.account_name}: {clean_message(error)}",
+                f"cannot use the Azure account {spec.account_name}: {first_line(error)}",
                 where=self.where,
             ) from None
 
@@ -108,10 +110,10 @@ class AzureBlobConnector(ObjectStoreConnector):
     def translate(self, error: BaseException, store: str) -> DataproductError:
         """An Azure error as SourceError (denied, no container) or SourceUnavailableError."""
         text = str(error)
-        message = clean_message(error)
+        message = first_line(error)
         found = _AZURE_ERROR.search(text)
-        code, status = (found["code"], found["status"] or "") if found else ("", "")
-        if code in _DENIED_CODES or status in ("401", "403"):
+        code, status = (found["code"], int(found["status"] or 0)) if found else ("", 0)
+        if code in DENIED_CODES or status in DENIED_STATUS:
             return SourceError(
                 f"access denied by {store}: check account_name and account_key ({message})",
                 where=self.where,
@@ -120,7 +122,7 @@ class AzureBlobConnector(ObjectStoreConnector):
             return SourceError(
                 f"the container does not exist in {store}", where=f"{self.where}.container"
             )
-        if status in _TRANSIENT_STATUS or any(mark in text for mark in _UNREACHABLE):
+        if status in TRANSIENT_STATUS or looks_unreachable(text):
             return SourceUnavailableError(f"cannot reach {store}: {message}", where=self.where)
         return SourceError(f"cannot read from {store}: {message}", where=self.where)
 

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import pyarrow as pa
 from pydantic import ConfigDict, Field, model_validator
 
+from connectors.errors import FailureBox, looks_unreachable, message_lines
 from dataproduct.connector import Connector, IncrementalSpec, LoadState, SourceSpec
-from dataproduct.errors import DataproductError, SourceError, SourceUnavailableError
+from dataproduct.errors import SourceError, SourceUnavailableError
 from dataproduct.ingest import BATCH_ROWS
 from dataproduct.secrets import HIDDEN, mask_url
 
@@ -31,22 +32,6 @@ if TYPE_CHECKING:
 DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306}
 CONNECT_TIMEOUT_S = 10.0
 QUERY_ALIAS = "dataproduct_query"
-# Words of a driver message that mean the server may answer again later.
-TRANSIENT_MARKERS = (
-    "connection refused",
-    "could not connect",
-    "timed out",
-    "timeout",
-    "server closed the connection",
-    "lost connection",
-    "connection reset",
-    "broken pipe",
-    "starting up",
-    "shutting down",
-    "too many connections",
-    "terminating connection",
-    "server has gone away",
-)
 _SQLGLOT_DIALECTS = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}
 
 
@@ -99,13 +84,6 @@ def _check_select(query: str, url: str) -> None:
 
 
 @dataclass
-class FailureBox:
-    """The first error met while the core drains a reader (DuckDB wraps it in its own)."""
-
-    error: SourceError | None = None
-
-
-@dataclass
 class ReadTarget:
     """Everything one load needs: the resolved URL, the statement and how to report errors."""
 
@@ -115,6 +93,11 @@ class ReadTarget:
     where: str
     secrets: list[str] = field(default_factory=list)
     failure: FailureBox = field(default_factory=FailureBox)
+
+    @property
+    def url_where(self) -> str:
+        """Where the source's URL is in the descriptor (connection errors point there)."""
+        return f"sources.{self.source}.url"
 
     @property
     def backend(self) -> str:
@@ -130,18 +113,24 @@ class ReadTarget:
     def error(self, action: str, error: BaseException, *, connecting: bool = False) -> SourceError:
         """Translate a driver error: transient faults become SourceUnavailableError."""
         detail = self.clean(_driver_message(error))
-        lowered = detail.lower()
-        transient = any(marker in lowered for marker in TRANSIENT_MARKERS)
+        transient = looks_unreachable(detail)
         if connecting and not transient:
-            return SourceError(f"{action}: {detail}", where=f"{self.where}.url")
+            return SourceError(f"{action}: {detail}", where=self.url_where)
         kind = SourceUnavailableError if transient else SourceError
         return kind(f"{action}: {detail}", where=self.where)
+
+    def watched(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        """The batches; a driver error met while the core drains them is translated and kept
+        in `failure` (DuckDB raises its own error over it)."""
+        return self.failure.guard(batches, self._read_failed)
+
+    def _read_failed(self, error: BaseException) -> SourceError:
+        return self.error(f"reading {self.what} failed", error)
 
 
 def _driver_message(error: BaseException) -> str:
     orig = getattr(error, "orig", None)  # SQLAlchemy wraps the DBAPI error
-    text = str(orig if orig is not None else error).strip()
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    lines = message_lines(orig if orig is not None else error)
     if not lines:
         return type(error).__name__
     first = lines[0]
@@ -196,8 +185,52 @@ def probe_server(target: ReadTarget) -> None:
     except OSError as error:
         reason = error.strerror or type(error).__name__
         raise SourceUnavailableError(
-            f"cannot reach the database at {host}:{port}: {reason}", where=f"{target.where}.url"
+            f"cannot reach the database at {host}:{port}: {reason}", where=target.url_where
         ) from None
+
+
+def _engine(target: ReadTarget) -> sa.Engine:
+    import sqlalchemy as sa
+    from sqlalchemy.pool import NullPool
+
+    url = target.url
+    if url.drivername == "postgresql":
+        url = url.set(drivername="postgresql+psycopg")
+    elif url.drivername in ("mysql", "mariadb"):
+        url = url.set(drivername=f"{url.drivername}+pymysql")
+    return sa.create_engine(url, poolclass=NullPool)
+
+
+def _json_as_text(connection: sa.Connection) -> None:
+    """psycopg parses json into Python objects; keep the server's text, as ADBC does."""
+    from psycopg.types.string import TextLoader
+
+    driver = connection.connection.driver_connection
+    adapters = getattr(driver, "adapters", None)
+    if adapters is not None:  # psycopg 3 (psycopg2 has no adapters map)
+        for name in ("json", "jsonb"):
+            adapters.register_loader(name, TextLoader)
+
+
+@contextmanager
+def open_connection(target: ReadTarget) -> Iterator[sa.Connection]:
+    """A SQLAlchemy connection to the target (UTC session, JSON kept as text); the
+    engine is disposed of afterwards."""
+    engine = _engine(target)
+    try:
+        try:
+            connection = engine.connect()
+        except Exception as error:  # noqa: BLE001 - drivers raise their own classes
+            shown = target.url.render_as_string(hide_password=True)
+            raise target.error(f"cannot connect to {shown}", error, connecting=True) from None
+        with connection:
+            if target.backend in ("mysql", "mariadb"):
+                connection.exec_driver_sql("SET time_zone = '+00:00'")
+            elif target.backend == "postgresql":
+                _json_as_text(connection)
+            yield connection
+    finally:
+        engine.dispose()
 
 
 class DatabaseConnector(Connector):
@@ -230,15 +263,8 @@ class DatabaseConnector(Connector):
             opened = paths.connectorx_reader(target, statement, state.watermark, spec.batch_rows)
         else:
             opened = paths.sqlalchemy_reader(target, statement, spec.batch_rows)
-        try:
-            with opened as reader:
-                yield reader
-        except DataproductError:
-            raise
-        except Exception:
-            if target.failure.error is not None:  # the real cause, under DuckDB's wrapper
-                raise target.failure.error from None
-            raise
+        with target.failure.reraise_kept(), opened as reader:  # the cause, not DuckDB's wrapper
+            yield reader
 
     def _target(self) -> ReadTarget:
         from sqlalchemy.engine import make_url

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from connectors.database import ReadTarget
-from dataproduct.errors import DataproductError, SourceError
+from connectors.database import ReadTarget, open_connection
+from dataproduct.errors import SourceError
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -146,67 +146,12 @@ def rows_batch(rows: Sequence[Any], schema: pa.Schema, backend: str) -> pa.Recor
 # the generic path ----------------------------------------------------------------------
 
 
-def _engine(target: ReadTarget) -> sa.Engine:
-    import sqlalchemy as sa
-    from sqlalchemy.pool import NullPool
-
-    url = target.url
-    if url.drivername == "postgresql":
-        url = url.set(drivername="postgresql+psycopg")
-    elif url.drivername in ("mysql", "mariadb"):
-        url = url.set(drivername=f"{url.drivername}+pymysql")
-    return sa.create_engine(url, poolclass=NullPool)
-
-
-def _json_as_text(connection: sa.Connection) -> None:
-    """psycopg parses json into Python objects; keep the server's text, as ADBC does."""
-    from psycopg.types.string import TextLoader
-
-    driver = connection.connection.driver_connection
-    adapters = getattr(driver, "adapters", None)
-    if adapters is not None:  # psycopg 3 (psycopg2 has no adapters map)
-        for name in ("json", "jsonb"):
-            adapters.register_loader(name, TextLoader)
-
-
-@contextmanager
-def _connection(target: ReadTarget) -> Iterator[sa.Connection]:
-    engine = _engine(target)
-    try:
-        try:
-            connection = engine.connect()
-        except Exception as error:  # noqa: BLE001 - drivers raise their own classes
-            shown = target.url.render_as_string(hide_password=True)
-            raise target.error(f"cannot connect to {shown}", error, connecting=True) from None
-        with connection:
-            if target.backend in ("mysql", "mariadb"):
-                connection.exec_driver_sql("SET time_zone = '+00:00'")
-            elif target.backend == "postgresql":
-                _json_as_text(connection)
-            yield connection
-    finally:
-        engine.dispose()
-
-
-def _watched(target: ReadTarget, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """Translate errors raised while the core drains the stream, and remember them."""
-    try:
-        yield from batches
-    except (DataproductError, KeyboardInterrupt, SystemExit, GeneratorExit):
-        raise
-    except BaseException as error:  # noqa: BLE001 - connectorx panics are BaseExceptions
-        translated = target.error(f"reading {target.what} failed", error)
-        if not isinstance(error, SourceError):
-            target.failure.error = translated
-        raise translated from None
-
-
 @contextmanager
 def sqlalchemy_reader(
     target: ReadTarget, statement: sa.Select[Any], batch_rows: int
 ) -> Iterator[pa.RecordBatchReader]:
     """SQLAlchemy Core with a server-side cursor, one batch of rows at a time."""
-    with _connection(target) as connection:
+    with open_connection(target) as connection:
         streaming = connection.execution_options(stream_results=True, yield_per=batch_rows)
         try:
             result = streaming.execute(statement)
@@ -224,7 +169,7 @@ def sqlalchemy_reader(
                 chunk = result.fetchmany(batch_rows)
 
         try:
-            yield pa.RecordBatchReader.from_batches(schema, _watched(target, batches()))
+            yield pa.RecordBatchReader.from_batches(schema, target.watched(batches()))
         finally:
             result.close()
 
@@ -347,7 +292,7 @@ def adbc_reader(
         schema = adbc_schema(stream.schema)
         batches = (_cast(b, schema) for b in stream)
         yield pa.RecordBatchReader.from_batches(
-            schema, _watched(target, rebatched(batches, batch_rows))
+            schema, target.watched(rebatched(batches, batch_rows))
         )
     finally:
         connection.close()
@@ -375,7 +320,7 @@ def _mysql_literal(watermark: Any) -> Any:
 def _mysql_schema(target: ReadTarget, statement: sa.Select[Any]) -> pa.Schema:
     """The result's Arrow types from a `LIMIT 0` run through pymysql (raw cursor: an empty
     SQLAlchemy result closes its cursor before the description can be read)."""
-    with _connection(target) as connection:
+    with open_connection(target) as connection:
         compiled = statement.limit(0).compile(dialect=connection.dialect)
         cursor = connection.connection.cursor()
         try:
@@ -433,4 +378,4 @@ def connectorx_reader(
     except Exception as error:  # noqa: BLE001 - drivers raise their own classes
         raise target.error(f"cannot read {target.what}", error) from None
     batches = (_cast(b, schema) for b in stream)
-    yield pa.RecordBatchReader.from_batches(schema, _watched(target, batches))
+    yield pa.RecordBatchReader.from_batches(schema, target.watched(batches))

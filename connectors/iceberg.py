@@ -8,27 +8,18 @@ record batches by pyiceberg's scan (`to_arrow_batch_reader`), never read whole.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from typing import Any, Literal
 
 import pyarrow as pa
 from pydantic import Field
 
-from connectors.object_store import clean_message, translated_stream
+from connectors.errors import first_line, looks_denied, looks_unreachable, scanned_stream
 from dataproduct.connector import Connector, LoadState, SourceSpec
 from dataproduct.errors import DataproductError, SourceError, SourceUnavailableError
 from dataproduct.secrets import mask_url
 
 SHOWN_PROPERTIES = ("type", "uri", "warehouse", "s3.endpoint", "s3.region")
-_UNREACHABLE = (
-    "Connection refused", "could not connect", "Could not connect", "timed out", "Timeout",
-    "Temporary failure", "Max retries exceeded", "NETWORK_CONNECTION", "SERVICE_UNAVAILABLE",
-)  # fmt: skip
-_DENIED = (
-    "ACCESS_DENIED", "INVALID_ACCESS_KEY_ID", "SIGNATURE_DOES_NOT_MATCH", "EXPIRED_TOKEN",
-    "AuthorizationFailure", "AuthenticationFailed",
-)  # fmt: skip
 
 
 class IcebergSpec(SourceSpec):
@@ -64,17 +55,7 @@ class IcebergConnector(Connector):
 
     def open_stream(self, state: LoadState) -> AbstractContextManager[pa.RecordBatchReader]:
         """Load the table from the catalog and stream the chosen snapshot."""
-        return self._stream()
-
-    @contextmanager
-    def _stream(self) -> Iterator[pa.RecordBatchReader]:
-        try:
-            reader = self._scan()
-            with translated_stream(reader.schema, reader, self._error) as translated:
-                yield translated
-        except DataproductError as error:
-            self.secrets.scrub_error(error)
-            raise
+        return scanned_stream(self._scan, self._error, self.secrets)
 
     def _scan(self) -> pa.RecordBatchReader:
         from pyiceberg.catalog import load_catalog
@@ -102,7 +83,7 @@ class IcebergConnector(Connector):
         except Exception as error:  # noqa: BLE001
             raise self._error(error) from None
 
-    def _error(self, error: Exception) -> DataproductError:
+    def _error(self, error: BaseException) -> DataproductError:
         """A catalog or file error as SourceError, or SourceUnavailableError if it may pass."""
         from pyiceberg.exceptions import (
             ForbiddenError,
@@ -112,18 +93,16 @@ class IcebergConnector(Connector):
         )
 
         table = self.iceberg_spec.table
-        message = clean_message(error)
+        message = first_line(error)
         text = f"{type(error).__name__}: {error}"
-        if isinstance(error, UnauthorizedError | ForbiddenError) or any(
-            mark in text for mark in _DENIED
-        ):
+        if isinstance(error, UnauthorizedError | ForbiddenError) or looks_denied(text):
             return SourceError(
                 f"access denied to the Iceberg table {table}: check the catalog's credentials "
                 f"({message})",
                 where=f"{self.where}.catalog",
             )
         transient = (ConnectionError, TimeoutError, ServerError, ServiceUnavailableError)
-        if isinstance(error, transient) or any(mark in text for mark in _UNREACHABLE):
+        if isinstance(error, transient) or looks_unreachable(text):
             return SourceUnavailableError(
                 f"cannot reach the Iceberg catalog or files of {table}: {message}",
                 where=self.where,

@@ -13,28 +13,20 @@ them locally (`options: {hive_partitioning: true}`) and the `s3` connector in a 
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
 from pydantic import Field
 
-from connectors.object_store import (
-    S3Access,
-    S3AccessSpec,
-    clean_message,
-    store_error,
-    translated_stream,
-)
+from connectors.errors import first_line, scanned_stream, without_colours
+from connectors.object_store_s3 import S3Access, S3AccessSpec, store_error
 from dataproduct.connector import Connector, LoadState
 from dataproduct.errors import DataproductError, SourceError
 
 S3_SCHEMES = ("s3://", "s3a://")
 MESSAGE_CHARS = 400
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class DeltaSpec(S3AccessSpec):
@@ -80,17 +72,7 @@ class DeltaConnector(Connector):
 
     def open_stream(self, state: LoadState) -> AbstractContextManager[pa.RecordBatchReader]:
         """Open the table at its latest (or the declared) version and stream its rows."""
-        return self._stream()
-
-    @contextmanager
-    def _stream(self) -> Iterator[pa.RecordBatchReader]:
-        try:
-            reader = self._scan()
-            with translated_stream(reader.schema, reader, self._error) as translated:
-                yield translated
-        except DataproductError as error:
-            self.secrets.scrub_error(error)
-            raise
+        return scanned_stream(self._scan, self._error, self.secrets)
 
     def _scan(self) -> pa.RecordBatchReader:
         from deltalake import DeltaTable
@@ -110,7 +92,7 @@ class DeltaConnector(Connector):
         except (DeltaError, OSError, ValueError, pa.ArrowException) as error:
             raise self._error(error) from None
 
-    def _error(self, error: Exception) -> DataproductError:
+    def _error(self, error: BaseException) -> DataproductError:
         """A delta-rs error as SourceError (or SourceUnavailableError when it may pass)."""
         from deltalake.exceptions import TableNotFoundError
 
@@ -119,7 +101,7 @@ class DeltaConnector(Connector):
         if isinstance(error, TableNotFoundError):
             return SourceError(
                 f"'{self.shown_path()}' is not a Delta table (no readable _delta_log): "
-                f"{clean_message(error)}",
+                f"{first_line(error)}",
                 where=where,
             )
         found = store_error(error, store=self.shown_path(), where=where, message=_chain(error))
@@ -140,8 +122,8 @@ class DeltaConnector(Connector):
         return found | spec.shown()
 
 
-def _chain(error: Exception) -> str:
+def _chain(error: BaseException) -> str:
     """delta-rs' nested error lines (`Kernel error -> Generic S3 error -> ...`) as one."""
-    lines = [line.strip().lstrip("↳").strip() for line in _ANSI.sub("", str(error)).splitlines()]
+    lines = [line.strip().lstrip("↳").strip() for line in without_colours(str(error)).splitlines()]
     joined = " -> ".join(line for line in lines if line)
     return joined[:MESSAGE_CHARS] if joined else type(error).__name__

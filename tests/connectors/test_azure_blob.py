@@ -27,8 +27,8 @@ from dataproduct.errors import DescriptorError, SourceError, SourceUnavailableEr
 from dataproduct.settings import DataproductSettings
 from pipelines.runtime import ProductRuntime
 from tests.conftest import skip_or_fail
-from tests.connectors.s3_server import free_port
 from tests.connectors.test_object_store import load, orders, parquet_bytes, write_product
+from tests.server.conftest import free_port
 
 AZURITE_DIR = Path(__file__).resolve().parents[2] / "build" / "azurite"
 AZURITE_BIN = AZURITE_DIR / "node_modules" / ".bin" / "azurite-blob"

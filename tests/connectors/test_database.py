@@ -325,6 +325,7 @@ def test_unreachable_server_is_transient(tmp_path: Path, scheme: str) -> None:
     with pytest.raises(SourceUnavailableError) as raised:
         load(tmp_path, url=url, table="anything")
     assert "cannot reach the database" in raised.value.message
+    assert raised.value.where == "sources.src.url"
     assert "pw-secret-1" not in str(raised.value.to_dict())
 
 
@@ -335,6 +336,7 @@ def test_mariadb_wrong_password(my: Server, tmp_path: Path, fast: bool) -> None:
         load(tmp_path, url=url, table="anything", fast=fast)
     assert not isinstance(raised.value, SourceUnavailableError)
     assert "Access denied" in raised.value.message
+    assert raised.value.where == "sources.src.url"
     assert "wrong-Pa55word" not in str(raised.value.to_dict())
 
 
@@ -352,6 +354,7 @@ def test_postgres_refused_login(
         load(tmp_path, url=f"postgresql://{path}", table="anything", fast=fast)
     assert not isinstance(raised.value, SourceUnavailableError)
     assert reason in raised.value.message
+    assert raised.value.where == "sources.src.url"
     assert "pw-Secret-9" not in str(raised.value.to_dict())
 
 

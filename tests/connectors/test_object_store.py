@@ -16,13 +16,16 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from connectors.object_store import S3Connector, glob_regex, literal_folder
+from connectors.object_store import S3Connector
+from connectors.object_store_listing import glob_regex, literal_folder
+from connectors.object_store_s3 import store_error
 from dataproduct.connector import Connector, LoadState, SourceContext, build_connector
 from dataproduct.descriptor import SourceConfig
 from dataproduct.errors import DescriptorError, SourceError, SourceUnavailableError
 from dataproduct.settings import DataproductSettings
 from pipelines.runtime import ProductRuntime
-from tests.connectors.s3_server import S3Server, free_port, s3_server
+from tests.connectors.s3_server import S3Server, s3_server
+from tests.server.conftest import free_port
 
 __all__ = ["s3_server"]  # the fixture, imported for pytest
 
@@ -303,6 +306,44 @@ def test_unreachable_endpoint_is_transient(tmp_path: Path, s3_server: S3Server) 
     with pytest.raises(SourceUnavailableError, match=f"cannot reach s3://b at {closed}"):
         load(source)
     assert time.monotonic() - started < 10
+
+
+def test_digits_of_a_key_are_not_an_access_denied_status(s3_server: S3Server) -> None:
+    """pyarrow's own error for a corrupt `0403.parquet` names the key: no 403 status in it."""
+    name = s3_server.new_bucket()
+    s3_server.put(name, "p/0403.parquet", b"PAR1 not really parquet")
+    with pytest.raises(pa.ArrowException) as raised:
+        pq.read_table(f"{name}/p/0403.parquet", filesystem=s3_server.filesystem())
+    assert "0403.parquet" in str(raised.value)
+    found = store_error(raised.value, store=f"s3://{name}", where="sources.objects")
+    assert type(found) is SourceError
+    assert found.message.startswith(f"cannot read from s3://{name}: Could not open Parquet")
+    assert "access denied" not in found.message
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "start"),
+    [("When reading information for key 'p/0403.csv' in bucket 'b': AWS Error UNKNOWN "
+      "(HTTP status 403) during HeadObject operation: No response body.",
+      SourceError, "access denied by s3://b: check access_key_id"),
+     ("Kernel error -> Error performing GET http://127.0.0.1:9/b/t/_delta_log/0403.json - "
+      "Server returned non-2xx status code\n  ↳ 403 Forbidden",
+      SourceError, "access denied by s3://b: check access_key_id"),
+     ("When reading information for key 'p/x.csv' in bucket 'b': AWS Error UNKNOWN "
+      "(HTTP status 503) during HeadObject operation: No response body.",
+      SourceUnavailableError, "cannot reach s3://b: When reading"),
+     ("When reading information for key 'p/503.csv' in bucket 'b': AWS Error UNKNOWN "
+      "(HTTP status 400) during HeadObject operation: No response body.",
+      SourceError, "cannot read from s3://b: When reading")],
+    ids=["pyarrow-403", "delta-rs-403", "pyarrow-503", "key-503-status-400"],
+)  # fmt: skip
+def test_http_status_classifies_store_errors(
+    text: str, kind: type[SourceError], start: str
+) -> None:
+    """Statuses count where pyarrow and delta-rs print them (message shapes of those libraries)."""
+    found = store_error(OSError(text), store="s3://b", where="sources.objects")
+    assert type(found) is kind
+    assert found.message.startswith(start)
 
 
 def test_corrupt_parquet_object_is_named(tmp_path: Path, s3_server: S3Server) -> None:
