@@ -158,7 +158,11 @@ def build_statement(spec: DatabaseSpec, watermark: Any) -> sa.Select[Any]:
     if spec.incremental is not None:
         cursor: sa.ColumnClause[Any] = sa.column(quoted_name(spec.incremental.cursor, True))
         if watermark is not None:
-            statement = statement.where(cursor > sa.bindparam("watermark", watermark))
+            mark: sa.BindParameter[Any] = sa.bindparam("watermark", watermark)
+            # with a unique key, rows at the mark are read again (the merge keeps one of
+            # each): a row committed later with the same cursor value is not missed
+            past = cursor >= mark if spec.incremental.unique_key else cursor > mark
+            statement = statement.where(past)
         statement = statement.order_by(cursor)
     return statement
 

@@ -23,9 +23,9 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 from sqlglot import exp
 
+from connectors.errors import first_line
 from connectors.http_common import (
     check_same_origin,
-    first_line,
     guarded_reader,
     http_faults,
     origin_of,

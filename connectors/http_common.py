@@ -14,18 +14,13 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 import httpx
 import pyarrow as pa
 
+from connectors.errors import first_line
 from dataproduct.errors import SourceError, SourceUnavailableError
 from dataproduct.secrets import HIDDEN, mask_url
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 SECRET_PARAM = re.compile(r"token|key|secret|passw|signature|sig$|auth|credential", re.I)
 Origin = tuple[str, str, int | None]
-
-
-def first_line(error: BaseException) -> str:
-    """The first line of an error's text (its type name when it has none), for messages."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def shown_url(url: str) -> str:

@@ -22,8 +22,8 @@ import httpx
 import pyarrow as pa
 from pydantic import Field, model_validator
 
+from connectors.errors import first_line
 from connectors.http_common import (
-    first_line,
     guarded_reader,
     http_faults,
     same_origin_client,

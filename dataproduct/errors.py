@@ -159,3 +159,9 @@ class QueryTimeoutError(DataproductError):
     status = 504
     code = "query_timeout"
     transient = True  # the same query may finish when the product is less busy
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's text (its class name when it has none)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -23,7 +23,7 @@ import pyarrow as pa
 from sqlglot import exp
 
 from dataproduct import watermark
-from dataproduct.errors import DataproductError, SourceError
+from dataproduct.errors import DataproductError, SourceError, first_line
 from dataproduct.input_schema import InputRules, conform
 from dataproduct.input_write import write_input
 from dataproduct.storage import Storage, fetch_one
@@ -68,10 +68,10 @@ def file_reader(
         relation = engine.sql(f"SELECT * FROM {call.sql('duckdb')}")
         yield relation.to_arrow_reader(batch_size=BATCH_ROWS)
     except duckdb.IOException as error:
-        raise SourceError(_first_line(error), where=_describe(paths)) from None
+        raise SourceError(first_line(error), where=_describe(paths)) from None
     except duckdb.Error as error:
         raise SourceError(
-            f"cannot read {file_format}: {_first_line(error)}", where=_describe(paths)
+            f"cannot read {file_format}: {first_line(error)}", where=_describe(paths)
         ) from None
     finally:
         engine.close()
@@ -104,11 +104,6 @@ def _reader_call(
 
 def _describe(paths: str | Sequence[str]) -> str:
     return paths if isinstance(paths, str) else ", ".join(paths)
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 @dataclass(frozen=True)
@@ -242,7 +237,7 @@ def _ours(error: Exception) -> DataproductError:
     if isinstance(error, DataproductError):
         return error
     log.error("load failed with %s", type(error).__name__, exc_info=error)
-    return SourceError(f"the load failed: {type(error).__name__}: {_first_line(error)}")
+    return SourceError(f"the load failed: {type(error).__name__}: {first_line(error)}")
 
 
 def _load_once(

@@ -26,6 +26,7 @@ from sqlglot import exp
 from sqlglot.errors import ParseError
 
 from dataproduct.catalog import table_columns
+from dataproduct.errors import first_line
 from dataproduct.quality_rules import (
     AcceptedValuesRule,
     FreshnessRule,
@@ -172,7 +173,7 @@ def _check_one(table: _Table, rule: QualityRule, *, has_table: bool) -> _Outcome
         raise
     except duckdb.Error as error:
         sql = rule.sql if isinstance(rule, SqlRule) else ""
-        return _Outcome("error", sql, message=_first_line(error))
+        return _Outcome("error", sql, message=first_line(error))
     except _Unchecked as problem:
         return _Outcome("error", problem.sql, message=problem.message)
 
@@ -392,11 +393,6 @@ def _transaction_aborted(cursor: duckdb.DuckDBPyConnection) -> bool:
     except duckdb.Error:
         return True
     return False
-
-
-def _first_line(error: duckdb.Error) -> str:
-    message = str(error).strip()
-    return message.splitlines()[0] if message else type(error).__name__
 
 
 def _age(age: timedelta) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dataproduct.errors import DataproductError, SourceError
+from dataproduct.errors import DataproductError, SourceError, first_line
 
 
 class LoadMeter:
@@ -55,7 +55,7 @@ class LoadMeter:
                 self.failure = error
                 raise
             except Exception as error:
-                self.failure = SourceError(f"reading the source failed: {_first_line(error)}")
+                self.failure = SourceError(f"reading the source failed: {first_line(error)}")
                 raise
             high = self._batch_high(batch)
             with self._lock:
@@ -127,8 +127,3 @@ def decode(text: str | None) -> Any:
 def shown(text: str | None) -> Any:
     """A stored watermark as JSON shows it (its value only)."""
     return json.loads(text)["value"] if text else None
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -458,3 +458,45 @@ def test_error_while_streaming_is_a_source_error(pg: Server, tmp_path: Path, fas
     with pytest.raises(SourceError) as raised:
         load(tmp_path, url=pg.url, query=query, fast=fast, batch_rows=1000)
     assert "division by zero" in raised.value.message
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "generic"])
+def test_incremental_merge_through_a_product(
+    server: Server, tmp_path: Path, settings: DataproductSettings, fast: bool
+) -> None:
+    """The product keeps the watermark: the next pull reads from it, a changed row replaces
+    the stored one, and a row committed later at the very watermark is not missed."""
+    name = make_orders(server)
+    product = tmp_path / "product"
+    product.mkdir()
+    source = {
+        "type": "database", "url": server.url, "table": name, "fast": fast,
+        "incremental": {"cursor": "updated_at", "unique_key": ["id"]},
+    }  # fmt: skip
+    descriptor = {
+        "name": "crm-orders",
+        "domain": "sales",
+        "version": "1.0.0",
+        "owner": {"name": "Ana", "email": "ana@example.com"},
+        "sources": {"orders": source},
+    }
+    (product / "dataproduct.yaml").write_text(json.dumps(descriptor), encoding="utf-8")
+    runtime = ProductRuntime.open(product, settings)
+    try:
+        assert runtime.ingest("orders", principal="test")[0].rows == 3
+        server.run(
+            f"UPDATE {name} SET amount = 99.00, updated_at = '2024-01-04 10:00:00' WHERE id = 2",
+            f"INSERT INTO {name} VALUES (4, 'dee', 1.00, '2024-01-03 10:00:00')",
+        )
+        second = runtime.ingest("orders", principal="test")[0]
+        assert second.mode == "append"
+        with runtime.storage.reader() as cursor:
+            rows = cursor.execute("SELECT id, amount FROM input.orders ORDER BY id").fetchall()
+        assert rows == [
+            (1, Decimal("10.50")),
+            (2, Decimal("99.00")),
+            (3, None),
+            (4, Decimal("1.00")),
+        ]
+    finally:
+        runtime.close()
