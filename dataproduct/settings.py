@@ -63,6 +63,9 @@ class DataproductSettings(BaseSettings):
     ingest_backoff_s: float = Field(default=0.5, ge=0)
     dataset_versions_kept: int = Field(default=3, ge=1)
     run_timeout_s: float | None = Field(default=None, gt=0)
+    marketplace_url: str | None = None
+    marketplace_token: str | None = None
+    marketplace_heartbeat_s: float = Field(default=300.0, ge=1)
     openlineage_url: str | None = None
     openlineage_file: Path | None = None
     openlineage_namespace: str = "dataproduct"

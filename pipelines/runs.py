@@ -77,10 +77,12 @@ class RunManager:
         storage: Storage,
         timeout_s: float | None = None,
         emitter: OpenLineageEmitter | None = None,
+        on_end: Callable[[Run], None] | None = None,
     ) -> None:
         self.storage = storage
         self.timeout_s = timeout_s
         self.emitter = emitter
+        self.on_end = on_end
         self._lock = threading.Lock()
         self._active: Run | None = None
         self._recover()
@@ -153,6 +155,8 @@ class RunManager:
             run.done.set()
             if after is not None and run.status == "succeeded":
                 after(run)
+            if self.on_end is not None:
+                self.on_end(run)
 
     def _keep_checks(self, run: Run) -> None:
         """Quality results of a failed run stay visible: they say why it failed."""

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,9 @@ from dataproduct.errors import (
     DataproductError,
     NotReadyError,
 )
-from dataproduct.ingest import FileFormat, Ingestion
+from dataproduct.ingest import FileFormat, Ingestion, source_freshness
 from dataproduct.messages import InputSink, MessageSupervisor
+from dataproduct.publisher import Publisher
 from dataproduct.result_cache import ResultCache
 from dataproduct.settings import DataproductSettings
 from dataproduct.storage import Storage, file_connection
@@ -36,6 +38,7 @@ from pipelines.model import Pipeline
 from pipelines.openlineage import OpenLineageEmitter
 from pipelines.planner import Plan, plan_pipeline
 from pipelines.preview import predicted_schemas
+from pipelines.publication import publication
 from pipelines.run_requests import RunRequests
 from pipelines.runner import RunOptions
 from pipelines.runs import Run, RunManager, plan_schemas
@@ -96,10 +99,22 @@ class ProductRuntime:
             api_key=settings.openlineage_api_key,
             timeout_s=settings.openlineage_timeout_s,
         )
+        self.publisher = (
+            Publisher(
+                descriptor.name,
+                settings.marketplace_url,
+                settings.marketplace_token,
+                partial(publication, self),
+                heartbeat_s=settings.marketplace_heartbeat_s,
+            )
+            if settings.marketplace_url
+            else None
+        )
         self.runs = RunManager(
             storage,
             timeout_s=settings.run_timeout_s,
             emitter=self.emitter if self.emitter.enabled else None,
+            on_end=lambda run: self.changed(f"run {run.id} {run.status}"),
         )
         self.readiness = Readiness()
         self.run_requests = RunRequests(
@@ -134,6 +149,8 @@ class ProductRuntime:
     def close(self) -> None:
         """Stop the message consumers, the schedule and a running run; close the database."""
         self.messages.stop()
+        if self.publisher is not None:
+            self.publisher.stop()
         if self.scheduler is not None:
             self.scheduler.stop()
         self.run_requests.stop()
@@ -159,6 +176,15 @@ class ProductRuntime:
         if name is None:
             return self.sources.pull_all(principal)
         return [self.sources.pull(name, principal, full_refresh=full_refresh)]
+
+    def source_documents(self) -> dict[str, dict[str, Any]]:
+        """What discovery shows of each source: its settings (never credentials) and when
+        it last loaded."""
+        loads = source_freshness(self.storage)
+        return {
+            name: {**connector.describe(), "freshness": loads.get(name)}
+            for name, connector in self.connectors.items()
+        }
 
     def push_source(self, name: str) -> Connector:
         """A source that receives pushed data: 404 if undeclared, 409 if it pulls."""
@@ -284,6 +310,11 @@ class ProductRuntime:
             options=options,
         )
 
+    def changed(self, reason: str) -> None:
+        """Something the marketplace shows changed: publish it (in the background)."""
+        if self.publisher is not None:
+            self.publisher.notify(reason)
+
     def _request_run(self, trigger: str) -> None:
         self.run_requests.request(trigger)
 
@@ -310,6 +341,8 @@ class ProductRuntime:
             if self.scheduler is not None:
                 self.scheduler.start()
             self.messages.start()
+            if self.publisher is not None:
+                self.publisher.start()
 
     def refresh(self, principal: str = "scheduler") -> Run:
         """Pull every pulling source, then run the pipeline (what a schedule does)."""

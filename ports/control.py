@@ -110,6 +110,16 @@ def sources(request: Request, principal: Admin) -> dict[str, Any]:
     }
 
 
+@router.get("/marketplace")
+def marketplace(request: Request, principal: Admin) -> dict[str, Any]:
+    """Where the product publishes its metadata, and how the last attempts went."""
+    runtime = runtime_of(request)
+    publisher = runtime.publisher
+    if publisher is None:
+        return {"enabled": False}
+    return {"enabled": True, "url": publisher.endpoint, **publisher.status.to_dict()}
+
+
 @router.get("/ingestions")
 def ingestions(
     request: Request,

@@ -12,7 +12,6 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from dataproduct.discovery import dataset_document, dataset_documents, product_document
-from dataproduct.ingest import source_freshness
 from dataproduct.reading import find_dataset
 from dataproduct.security import Principal
 from ports.auth import optional_principal, runtime_of
@@ -34,13 +33,8 @@ def discover(request: Request, caller: Caller) -> HTMLResponse | JSONResponse:
     """The product: identity, owner, ports with URLs, datasets summary."""
     runtime = runtime_of(request)
     base_url, policy = runtime.settings.base_url(), runtime.access.policy
-    loads = source_freshness(runtime.storage)
-    sources = {
-        name: {**c.describe(), "freshness": loads.get(name)}
-        for name, c in runtime.connectors.items()
-    }
     document = product_document(
-        runtime.descriptor, runtime.storage, base_url, sources, policy, caller
+        runtime.descriptor, runtime.storage, base_url, runtime.source_documents(), policy, caller
     )
     if _wants_html(request):
         return HTMLResponse(product_page(document, documents_for(request, caller)))

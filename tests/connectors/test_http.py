@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +13,6 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
@@ -27,7 +24,7 @@ from dataproduct.errors import SourceError, SourceUnavailableError
 from dataproduct.ingest import BATCH_ROWS
 from dataproduct.settings import DataproductSettings
 from pipelines.runtime import ProductRuntime
-from tests.server.conftest import free_port
+from tests.server.conftest import free_port, serve_in_thread
 
 API_TOKEN = "tok-4f1c9e77b2"
 ORDERS = [
@@ -186,26 +183,6 @@ def api() -> Starlette:
     )
     app.state.calls = []
     return app
-
-
-@contextmanager
-def serve_in_thread(app: Any) -> Iterator[str]:
-    """Serve an ASGI app with uvicorn on a free loopback port; its base URL."""
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="none")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise AssertionError("the test server did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 @pytest.fixture(scope="module")
