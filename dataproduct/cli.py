@@ -14,6 +14,7 @@ from dataproduct.cli_apikeys import add_apikey_command
 from dataproduct.descriptor import ProductDescriptor, load_descriptor
 from dataproduct.errors import DataproductError
 from dataproduct.gateway import add_gateway_command
+from dataproduct.marketplace.cli import add_marketplace_command
 from dataproduct.security import PORT_SCOPES, SCOPES, issue_token
 from dataproduct.settings import MIN_SECRET_LENGTH, DataproductSettings, get_settings
 
@@ -78,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_apikey_command(commands)
     add_gateway_command(commands)
+    add_marketplace_command(commands)
     return parser
 
 

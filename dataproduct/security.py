@@ -17,7 +17,7 @@ from dataproduct.oidc import key_set_for
 from dataproduct.settings import DataproductSettings
 
 PORT_SCOPES = ("output:read", "input:write", "control:admin")
-SCOPES = (*PORT_SCOPES, "metrics:read")
+SCOPES = (*PORT_SCOPES, "metrics:read", "marketplace:publish")
 LEEWAY_S = 30
 
 

@@ -1,0 +1,1 @@
+"""The marketplace core: publications, store, search and exports (no HTTP here)."""

@@ -1,0 +1,189 @@
+"""Full-text search on SQLite (FTS5) and on the real PostgreSQL (tsvector): ranking,
+prefixes, filters, pagination and an index that follows every publish."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from dataproduct.errors import BadRequestError
+from dataproduct.marketplace.publication import parse_publication
+from dataproduct.marketplace.search import SearchFilters, search
+from dataproduct.marketplace.store import MarketplaceStore
+from tests.marketplace.documents import (  # noqa: F401 (fixtures)
+    base_publication_fixture,
+    only_datasets,
+    postgres_url_fixture,
+    store_fixture,
+    variant,
+    with_dataset,
+)
+
+
+def publish(store: MarketplaceStore, document: dict[str, Any]) -> None:
+    store.publish(parse_publication(document), document["product"]["name"])
+
+
+def found(store: MarketplaceStore, query: str, **filters: Any) -> list[tuple[str, str | None]]:
+    results = search(store, query, SearchFilters(**filters), limit=100)
+    return [(h.product, h.dataset) for h in results.hits]
+
+
+@pytest.fixture
+def mesh(store: MarketplaceStore, base_publication: dict[str, Any]) -> MarketplaceStore:
+    """Three products in two areas with distinct owners, tags and columns."""
+    base = only_datasets(base_publication, "customer_revenue")
+    shipments = variant(
+        base,
+        "logistics-shipments",
+        domain="logistics/europe",
+        owner_email="li@example.com",
+        tags=["logistics"],
+        description="Parcels shipped from our warehouses.",
+    )
+    shipments = with_dataset(
+        shipments,
+        "parcel_events",
+        description="Scans of every parcel.",
+        columns=[
+            {"name": "parcel_id", "type": "VARCHAR", "description": "Tracking number"},
+            {"name": "carrier", "type": "VARCHAR", "description": "Courier company",
+             "classification": "internal"},
+        ],
+        tags=["tracking"],
+    )  # fmt: skip
+    stock = variant(
+        base,
+        "warehouse-stock",
+        domain="logistics/americas",
+        owner_email="mo@example.com",
+        tags=["inventory"],
+        description="Stock levels per warehouse, refreshed hourly.",
+    )
+    stock = with_dataset(
+        stock,
+        "stock_levels",
+        description="Units on hand.",
+        columns=[{"name": "sku", "type": "VARCHAR", "description": "Product code of the courier"}],
+    )
+    for document in (base, shipments, stock):
+        publish(store, document)
+    return store
+
+
+def test_a_name_hit_ranks_above_description_and_column_hits(mesh: MarketplaceStore) -> None:
+    hits = found(mesh, "courier")
+    # a column description of both; nothing is named courier
+    assert set(hits) == {
+        ("logistics-shipments", "parcel_events"),
+        ("warehouse-stock", "stock_levels"),
+    }
+    ranked = found(mesh, "warehouse")
+    # product name (warehouse-stock) > product description (logistics-shipments, stock)
+    assert ranked[0] == ("warehouse-stock", None)
+    assert ("logistics-shipments", None) in ranked
+    ranked = found(mesh, "parcel")
+    assert ranked[0] == ("logistics-shipments", "parcel_events")  # name
+    assert ranked.index(("logistics-shipments", "parcel_events")) < ranked.index(
+        ("logistics-shipments", None)
+    )
+    scores = [h.score for h in search(mesh, "parcel").hits]
+    assert scores == sorted(scores, reverse=True) and scores[0] > scores[-1] > 0
+
+
+def test_a_column_name_hit_and_a_snippet(mesh: MarketplaceStore) -> None:
+    results = search(mesh, "carrier")
+    assert [(h.product, h.dataset) for h in results.hits] == [
+        ("logistics-shipments", "parcel_events")
+    ]
+    hit = results.hits[0]
+    assert hit.snippet is not None and "[carrier]" in hit.snippet
+    assert (hit.title, hit.description, hit.domain) == (
+        "parcel_events",
+        "Scans of every parcel.",
+        "logistics/europe",
+    )
+
+
+def test_partial_words_match_as_prefixes_and_all_words_must_match(
+    mesh: MarketplaceStore,
+) -> None:
+    assert ("warehouse-stock", None) in found(mesh, "wareh")
+    assert found(mesh, "parc scan") == [("logistics-shipments", "parcel_events")]
+    assert found(mesh, "parcel zebra") == []
+    assert found(mesh, "customer_revenue")[0] == ("logistics-shipments", "customer_revenue")
+    assert found(mesh, "\"'*) OR 1=1 --") == []  # punctuation is not query syntax
+
+
+def test_filter_by_business_area(mesh: MarketplaceStore) -> None:
+    assert {p for p, _ in found(mesh, "revenue", area="logistics")} == {
+        "logistics-shipments",
+        "warehouse-stock",
+    }
+    assert {p for p, _ in found(mesh, "revenue", area="logistics/europe")} == {
+        "logistics-shipments"
+    }
+    assert found(mesh, "revenue", area="logist") == []
+    assert {p for p, _ in found(mesh, "revenue", area="sales")} == {"sales-eu"}
+
+
+def test_filter_by_owner_tag_classification_and_kind(mesh: MarketplaceStore) -> None:
+    assert {p for p, _ in found(mesh, "", owner="MO@example.com")} == {"warehouse-stock"}
+    assert {p for p, _ in found(mesh, "", owner="ana silva")} == {"sales-eu"}
+    assert found(mesh, "", tag="tracking") == [
+        ("logistics-shipments", None),
+        ("logistics-shipments", "parcel_events"),
+    ]
+    assert found(mesh, "scans", classification="internal") == [
+        ("logistics-shipments", "parcel_events")
+    ]
+    assert sorted(found(mesh, "revenue", classification="pii")) == [
+        ("logistics-shipments", "customer_revenue"),
+        ("sales-eu", "customer_revenue"),
+        ("warehouse-stock", "customer_revenue"),
+    ]
+    # the product holds a pii dataset (customer_revenue); parcel_events holds none
+    assert found(mesh, "parcel", classification="pii") == [("logistics-shipments", None)]
+    assert found(mesh, "", kind="product") == [
+        ("logistics-shipments", None),
+        ("sales-eu", None),
+        ("warehouse-stock", None),
+    ]
+    # datasets carry their product's tags and name (weakly): the named one comes first
+    assert found(mesh, "stock", kind="dataset", tag="inventory") == [
+        ("warehouse-stock", "stock_levels"),
+        ("warehouse-stock", "customer_revenue"),
+    ]
+
+
+def test_pagination_is_stable_and_totals_count_every_match(mesh: MarketplaceStore) -> None:
+    everything = search(mesh, "", limit=100)
+    assert everything.total == 8 == len(everything.hits)
+    pages = [search(mesh, "", limit=3, offset=offset) for offset in (0, 3, 6)]
+    assert [len(p.hits) for p in pages] == [3, 3, 2]
+    assert {p.total for p in pages} == {8}
+    assert [h for p in pages for h in p.hits] == everything.hits
+    ranked = search(mesh, "revenue", limit=100)
+    paged = [
+        h
+        for o in range(0, ranked.total, 2)
+        for h in search(mesh, "revenue", limit=2, offset=o).hits
+    ]
+    assert [(h.product, h.dataset) for h in paged] == [(h.product, h.dataset) for h in ranked.hits]
+    assert search(mesh, "revenue", limit=5, offset=100).hits == []
+    with pytest.raises(BadRequestError):
+        search(mesh, "x", limit=0)
+    with pytest.raises(BadRequestError):
+        search(mesh, "x", offset=-1)
+
+
+def test_the_index_follows_each_publish(
+    store: MarketplaceStore, base_publication: dict[str, Any]
+) -> None:
+    publish(store, variant(base_publication, "catalogue", description="Kangaroo sightings"))
+    assert found(store, "kangaroo") == [("catalogue", None)]
+    publish(store, variant(base_publication, "catalogue", description="Wombat sightings"))
+    assert found(store, "kangaroo") == []
+    assert found(store, "wombat") == [("catalogue", None)]
+    assert search(store, "", limit=100).total == 3  # the product and its two datasets
