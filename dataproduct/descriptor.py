@@ -133,6 +133,14 @@ class SourceConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
+class MarketplaceSpec(_Strict):
+    """How the product appears in the marketplace: who may see it there (groups; none means
+    everyone signed in) and which groups, besides the owner, approve access requests."""
+
+    visible_to: list[str] = []
+    approvers: list[str] = []
+
+
 class ProductDescriptor(_Strict):
     """Identity, ownership, sources, pipeline, datasets and access of one data product."""
 
@@ -148,6 +156,7 @@ class ProductDescriptor(_Strict):
     datasets: dict[str, DatasetSpec] = {}
     access: list[GrantSpec] = []
     schedule: str | None = None
+    marketplace: MarketplaceSpec = MarketplaceSpec()
 
     @field_validator("domain")
     @classmethod

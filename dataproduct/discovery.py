@@ -31,7 +31,7 @@ def product_document(
         {**dataset_summary(d, descriptor, base_url), "access": _access(policy, principal, d.name)}
         for d in _published(storage)
     ]
-    return {
+    document = {
         "name": descriptor.name,
         "domain": descriptor.domain,
         "version": descriptor.version,
@@ -51,6 +51,10 @@ def product_document(
         "sources": sources,
         "datasets": datasets,
     }
+    if policy is not None and policy.is_admin(principal):  # the marketplace's view
+        document["visibility"] = {"groups": descriptor.marketplace.visible_to}
+        document["access_approvers"] = descriptor.marketplace.approvers
+    return document
 
 
 def dataset_summary(

@@ -45,6 +45,17 @@ def test_product_document_has_identity_owner_and_ports(client: TestClient) -> No
     assert product["sources"]["returns"]["type"] == "push"
 
 
+def test_marketplace_settings_are_shown_to_administrators_only(
+    client: TestClient, token: TokenFactory
+) -> None:
+    """Who may see the product in the marketplace is for the marketplace, not for everyone."""
+    admin = client.get("/discovery", headers=token("control:admin")).json()
+    assert admin["visibility"] == {"groups": []}
+    assert admin["access_approvers"] == []
+    anonymous = client.get("/discovery").json()
+    assert "visibility" not in anonymous and "access_approvers" not in anonymous
+
+
 def test_sources_show_their_freshness(client: TestClient, runtime: ProductRuntime) -> None:
     """Each source says when it last loaded and how many rows; one never loaded says so."""
     sources = client.get("/discovery").json()["sources"]

@@ -22,6 +22,7 @@ from dataproduct.publisher import Publisher
 from dataproduct.settings import DataproductSettings
 from pipelines.runtime import ProductRuntime
 from ports.app import create_app
+from tests.api import edit_descriptor
 from tests.conftest import TokenFactory
 from tests.server.conftest import serve_in_thread
 
@@ -135,6 +136,12 @@ def test_a_product_publishes_its_documents_on_start_and_after_a_run(
     settings = settings.model_copy(
         update={"marketplace_url": marketplace.url, "marketplace_token": "product-credential"}
     )
+    edit_descriptor(
+        example_product,
+        lambda c: c.update(
+            marketplace={"visible_to": ["sales-analysts"], "approvers": ["sales-leads"]}
+        ),
+    )
     runtime = ProductRuntime.open(example_product, settings)
     try:
         runtime.startup()
@@ -142,6 +149,8 @@ def test_a_product_publishes_its_documents_on_start_and_after_a_run(
         first = marketplace.received[-1]
         assert first["product"]["name"] == "sales-eu"
         assert first["health"] == {"ready": True, "problems": []}
+        assert first["product"]["visibility"] == {"groups": ["sales-analysts"]}
+        assert first["product"]["access_approvers"] == ["sales-leads"]
         revenue = first["datasets"]["customer_revenue"]
         assert {c["name"] for c in revenue["columns"]} >= {"customer_id", "revenue"}
         assert "sql" in revenue
