@@ -20,6 +20,8 @@ $(VENV)/.installed-test: $(VENV)/.installed tests/fixtures/example_connector/pyp
 	$(BIN)/pip install --quiet ./tests/fixtures/example_connector
 	# Azurite, the Azure Blob emulator the Azure connector's tests run against (npm registry)
 	if command -v npm >/dev/null; then npm install --silent --prefix build/azurite --no-audit --no-fund azurite@3; fi
+	# Debian's Chromium for the marketplace's browser tests (Playwright drives it; no download)
+	command -v chromium >/dev/null || apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }
 	touch $@
 
 run: $(VENV)/.installed

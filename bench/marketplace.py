@@ -3,10 +3,14 @@
     .venv/bin/python bench/marketplace.py --products 10000
 
 Generates N products with 10 datasets each (varied areas, owners, tags, words, columns;
-deterministic), publishes them into a fresh store (a SQLite file under bench/.data, a fresh
-PostgreSQL schema in db `test`, dropped after), then times a few hundred varied searches,
-with and without filters. Progress on stderr, the table on stdout; exit status 1 when the
-search p95 target (100 ms) is missed.
+deterministic; 1 in 50 restricted to a group), publishes them into a fresh store (a SQLite
+file under bench/.data, a fresh PostgreSQL schema in db `test`, dropped after), then times a
+few hundred varied searches, with and without filters, as a signed-in reader in one group
+(so the visibility rule is part of every search). Progress on stderr, the table on stdout;
+exit status 1 when the search p95 target (100 ms) is missed.
+
+`--keep` keeps the database (SQLite file, PostgreSQL schema `mkt_bench_<N>`) and reuses it
+when it already holds the products: only the searches run again.
 """
 
 from __future__ import annotations
@@ -30,11 +34,12 @@ if str(ROOT) not in sys.path:
 from sqlalchemy import create_engine, text  # noqa: E402
 
 from dataproduct.marketplace.publication import Publication  # noqa: E402
-from dataproduct.marketplace.search import SearchFilters, search  # noqa: E402
+from dataproduct.marketplace.search import SearchFilters, Viewer, search  # noqa: E402
 from dataproduct.marketplace.store import MarketplaceStore  # noqa: E402
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 TARGET_P95_MS = 100.0
+READER = Viewer("bench-reader", frozenset({"analysts", "group-3"}))
 
 
 def wordlist(text_block: str) -> list[str]:
@@ -159,6 +164,7 @@ def make_publication(index: int) -> Publication:
             "ports": {"discovery": {"url": f"{url}/discovery", "auth": "none"}},
             "sources": {"orders": {"type": "file", "mode": "replace"}},
             "datasets": [{"name": n, "version": d["version"]} for n, d in datasets.items()],
+            "visibility": {"groups": [f"group-{index % 7}"] if index % 50 == 0 else []},
         },
         "datasets": datasets,
         "lineage": {"nodes": [], "edges": []},
@@ -208,36 +214,25 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def run_backend(url: str, label: str, products: int, queries: list[Any]) -> dict[str, Any]:
-    """Publish every product, then time every query (plus one unmeasured warm-up pass)."""
+    """Publish every product (unless a kept store holds them), then time every query (plus
+    one unmeasured warm-up pass)."""
     store = MarketplaceStore(url)
     try:
-        started = time.perf_counter()
-        batch_start, parse_s = started, 0.0
-        for index in range(products):
-            begin = time.perf_counter()
-            publication = make_publication(index)
-            parse_s += time.perf_counter() - begin
-            store.publish(publication, f"svc-{index}")
-            if (index + 1) % 2000 == 0:
-                rate = 2000 / (time.perf_counter() - batch_start)
-                log(f"{label}: {index + 1} published ({rate:.0f}/s)")
-                batch_start = time.perf_counter()
-        publish_s = time.perf_counter() - started - parse_s
-        if store.dialect == "postgresql":
-            with store.engine.begin() as connection:
-                connection.execute(text("ANALYZE"))
+        publish_per_s = float("nan")
+        if len(store.products(limit=1, offset=products - 1)) == 0:
+            publish_per_s = publish_all(store, label, products)
         for query, filters in queries[:50]:
-            search(store, query, filters)
+            search(store, query, filters, viewer=READER)
         timings: dict[bool, list[float]] = {False: [], True: []}
         hits = []
         for query, filters in queries:
             begin = time.perf_counter()
-            results = search(store, query, filters)
+            results = search(store, query, filters, viewer=READER)
             timings[filters != SearchFilters()].append((time.perf_counter() - begin) * 1000)
             hits.append(results.total)
         return {
             "label": label,
-            "publish_per_s": products / publish_s,
+            "publish_per_s": publish_per_s,
             "plain": timings[False],
             "filtered": timings[True],
             "all": timings[False] + timings[True],
@@ -247,17 +242,42 @@ def run_backend(url: str, label: str, products: int, queries: list[Any]) -> dict
         store.close()
 
 
-def with_postgres_schema(action: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
-    """Run `action` on a fresh PostgreSQL schema, dropped afterwards."""
-    schema = f"mkt_bench_{uuid.uuid4().hex[:8]}"
+def publish_all(store: MarketplaceStore, label: str, products: int) -> float:
+    """Publish the `products` generated products; the rate per second (generation aside)."""
+    log(f"{label}: publishing {products:,} products")
+    started = time.perf_counter()
+    batch_start, parse_s = started, 0.0
+    for index in range(products):
+        begin = time.perf_counter()
+        publication = make_publication(index)
+        parse_s += time.perf_counter() - begin
+        store.publish(publication, f"svc-{index}")
+        if (index + 1) % 2000 == 0:
+            rate = 2000 / (time.perf_counter() - batch_start)
+            log(f"{label}: {index + 1} published ({rate:.0f}/s)")
+            batch_start = time.perf_counter()
+    publish_s = time.perf_counter() - started - parse_s
+    if store.dialect == "postgresql":
+        with store.engine.begin() as connection:
+            connection.execute(text("ANALYZE"))
+    return products / publish_s
+
+
+def with_postgres_schema(
+    action: Callable[[str], dict[str, Any]], keep: str | None = None
+) -> dict[str, Any]:
+    """Run `action` on a fresh PostgreSQL schema, dropped afterwards (or on the schema
+    `keep`, created when missing and kept)."""
+    schema = keep or f"mkt_bench_{uuid.uuid4().hex[:8]}"
     admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+        connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
     try:
         return action(f"{PG_URL}?options=-csearch_path%3D{schema}")
     finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        if keep is None:
+            with admin.connect() as connection:
+                connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
 
 
@@ -287,21 +307,22 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--data-dir", type=Path, default=BENCH_DIR / ".data")
+    parser.add_argument("--keep", action="store_true", help="keep and reuse the database")
     args = parser.parse_args()
     queries = make_queries(args.queries)
     results = []
     for backend in args.backends.split(","):
-        log(f"{backend}: publishing {args.products:,} products")
         if backend == "sqlite":
             args.data_dir.mkdir(parents=True, exist_ok=True)
             path = args.data_dir / f"marketplace_{args.products}.db"
-            for suffix in ("", "-wal", "-shm"):
+            for suffix in ("", "-wal", "-shm") if not args.keep else ():
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
             results.append(run_backend(f"sqlite:///{path}", "sqlite", args.products, queries))
         else:
             results.append(
                 with_postgres_schema(
-                    lambda url: run_backend(url, "postgresql", args.products, queries)
+                    lambda url: run_backend(url, "postgresql", args.products, queries),
+                    f"mkt_bench_{args.products}" if args.keep else None,
                 )
             )
     return 0 if report(results, args.products, args.queries) else 1

@@ -1,8 +1,10 @@
 """The marketplace's tables (SQLAlchemy Core), shared by the store, search and migrations.
 
 The search index has one part per dialect that lives outside this metadata (an FTS5 table
-on SQLite, a weighted `tsvector` column with a GIN index on PostgreSQL); migrations create
-it and `DIALECT_SEARCH_OBJECTS` names it so schema comparisons leave it aside.
+over `search_texts` on SQLite; on PostgreSQL `search_documents`: per entry a small weighted
+`ranking` tsvector kept inline and the full matching `document` tsvector kept out of line,
+with a GIN index); migrations create it and `DIALECT_SEARCH_OBJECTS` names it so schema
+comparisons leave it aside.
 """
 
 from __future__ import annotations
@@ -35,9 +37,14 @@ metadata = MetaData(naming_convention=NAMING)
 
 # Created by the migrations per dialect; not part of `metadata`.
 FTS_TABLE = "search_fts"
-TSVECTOR_COLUMN = "document"
-TSVECTOR_INDEX = "ix_search_entries_document"
-DIALECT_SEARCH_OBJECTS = (FTS_TABLE, TSVECTOR_COLUMN, TSVECTOR_INDEX)
+DOCUMENTS_TABLE = "search_documents"
+DIALECT_SEARCH_OBJECTS = (
+    FTS_TABLE,
+    DOCUMENTS_TABLE,
+    "pk_search_documents",
+    "fk_search_documents_entry_id_search_entries",
+    "ix_search_documents_document",
+)
 
 
 def _when(name: str) -> Column[object]:
@@ -60,6 +67,9 @@ products = Table(
     Column("url", String(200), nullable=False),
     Column("health", String(20), nullable=False),
     Column("publisher_subject", String(300), nullable=False),
+    # The groups allowed to see the product ([]: everyone); `restricted` when there are some.
+    Column("visibility_groups", JSON, nullable=False),
+    Column("restricted", Boolean, nullable=False, index=True),
     Column("digest", String(64), nullable=False),
     _when("first_seen"),
     _when("last_updated"),
@@ -124,8 +134,8 @@ publications = Table(
     Index("ix_publications_product_received_at", "product", "received_at"),
 )
 
-# One row per product and per dataset: the text the full-text index covers and the
-# values the filters test (denormalised so a search reads one table).
+# One row per product and per dataset: what a hit shows and the values the filters test
+# (denormalised so a search reads one narrow table).
 search_entries = Table(
     "search_entries",
     metadata,
@@ -140,16 +150,26 @@ search_entries = Table(
     Column("dataset", String(128), nullable=True),
     Column("domain", String(300), nullable=False, index=True),
     Column("owner_email", String(320), nullable=False, index=True),
-    Column("owner_name", String(200), nullable=False),
+    Column("owner_name", String(200), nullable=False, index=True),
     Column("title", String(300), nullable=False),
     Column("description", Text, nullable=False),
+)
+
+# The four weighted texts of each entry, read only to index it and for the snippets of a
+# page of hits (the FTS5 table's external content on SQLite).
+search_texts = Table(
+    "search_texts",
+    metadata,
+    Column("entry_id", Integer, primary_key=True, autoincrement=False),
     Column("names", Text, nullable=False),
     Column("tags", Text, nullable=False),
     Column("descriptions", Text, nullable=False),
     Column("columns", Text, nullable=False),
+    ForeignKeyConstraint(["entry_id"], ["search_entries.id"], ondelete="CASCADE"),
 )
 
-# The tags and classifications of each entry, for the filters.
+# The tags and classifications of each entry, for the filters, and the groups allowed to
+# see a restricted product (kind `group`, on the product's own entry).
 search_facets = Table(
     "search_facets",
     metadata,

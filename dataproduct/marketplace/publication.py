@@ -31,6 +31,7 @@ Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 ShortText = Annotated[str, Field(max_length=200)]
 LongText = Annotated[str, Field(max_length=20_000)]
 Tag = Annotated[str, Field(min_length=1, max_length=100)]
+Group = Annotated[str, Field(min_length=1, max_length=200)]
 
 # Fields that change while the product itself does not: left out of the digest.
 VOLATILE_SOURCE_FIELDS = ("freshness",)
@@ -66,6 +67,12 @@ class DatasetSummary(_Open):
     version: int = Field(ge=1)
 
 
+class Visibility(_Open):
+    """Who may see the product in the marketplace: members of `groups` (none: everyone)."""
+
+    groups: list[Group] = Field(default=[], max_length=100)
+
+
 class ProductInfo(_Open):
     """The product document of `GET /discovery`."""
 
@@ -82,6 +89,12 @@ class ProductInfo(_Open):
     lineage: ShortText | None = None
     sources: dict[str, dict[str, Any]] = {}
     datasets: list[DatasetSummary] = Field(default=[], max_length=MAX_DATASETS)
+    visibility: Visibility | None = None
+
+    @property
+    def visible_to(self) -> list[str]:
+        """The groups allowed to see the product, sorted ([]: everyone signed in)."""
+        return sorted(set(self.visibility.groups)) if self.visibility else []
 
 
 class Column(_Open):

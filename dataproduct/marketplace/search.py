@@ -1,22 +1,46 @@
-"""Full-text search over the marketplace, ranked, filtered and paginated.
+"""Full-text search over the marketplace, ranked, filtered, paginated and visibility-aware.
 
-Each product and each dataset is one entry of `search_entries` with four weighted texts:
-names (heaviest), tags, descriptions, then column names and descriptions. SQLite searches
-an FTS5 table with bm25 column weights; PostgreSQL a weighted `tsvector` with a GIN index
-and `ts_rank`. Both match every query word as a prefix, so partial words find results.
+Each product and each dataset is one narrow entry of `search_entries` (what a hit shows and
+what the filters test) with four weighted texts in `search_texts`: names (heaviest), tags,
+descriptions, then column names and descriptions. Both dialects match every query word as
+a prefix, rank on the index alone and read entries only for the page:
+
+- SQLite: FTS5 (external content `search_texts`, prefix indexes) ranks by bm25 with column
+  weights; the filters are sets of ids, so the ranking never reads an entry. Ties are
+  broken by product and dataset name among the rows at or above the page's last score.
+- PostgreSQL: `search_documents` holds per entry the matching `tsvector` of every word
+  (GIN index, stored out of line so the bitmap scan reads small rows and never loads it)
+  and a small inline `ranking` vector (names A, tags B, descriptions C, column names D,
+  each word once) that `ts_rank` reads. Ties are broken as on SQLite.
+
+Snippets are cut (in Python, the same on both) from the texts of the page's hits only.
 The index is rebuilt for a product inside the transaction that stores its publication.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from sqlalchemy import Connection, Select, delete, insert, select, text
+from sqlalchemy import (
+    Connection,
+    Select,
+    String,
+    TextClause,
+    bindparam,
+    column,
+    delete,
+    insert,
+    select,
+    text,
+)
+from sqlalchemy.sql.elements import BindParameter
+from sqlalchemy.sql.selectable import TextualSelect
 
 from dataproduct.errors import BadRequestError
-from dataproduct.marketplace.models import search_entries, search_facets
+from dataproduct.marketplace.models import search_entries, search_facets, search_texts
 from dataproduct.marketplace.publication import DatasetDocument, Publication
 
 if TYPE_CHECKING:
@@ -29,12 +53,23 @@ SNIPPET_OPEN, SNIPPET_CLOSE = "[", "]"
 FTS_WEIGHTS = (10.0, 5.0, 2.0, 1.0)
 # ... and ts_rank weights of D (columns), C (descriptions), B (tags), A (names) (PostgreSQL).
 TS_WEIGHTS = "{0.05, 0.2, 0.5, 1.0}"
-TS_DOCUMENT = (
-    "setweight(to_tsvector('simple', names), 'A') || "
-    "setweight(to_tsvector('simple', tags), 'B') || "
-    "setweight(to_tsvector('simple', descriptions), 'C') || "
-    "setweight(to_tsvector('simple', columns), 'D')"
+TS_RANKING = (
+    "setweight(to_tsvector('simple', :names), 'A') || "
+    "setweight(to_tsvector('simple', :tags), 'B') || "
+    "setweight(to_tsvector('simple', :descriptions), 'C') || "
+    "setweight(to_tsvector('simple', :column_names), 'D')"
 )
+TEXT_FIELDS = ("names", "tags", "descriptions", "columns")
+EXPANDING = ("viewer_groups", "hidden")
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """Who looks at the marketplace. A restricted product shows only to members of its
+    groups and to the subject that publishes it; `subject` None is an anonymous reader."""
+
+    subject: str | None = None
+    groups: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -82,41 +117,88 @@ def query_terms(query: str) -> list[str]:
     return [term[:64] for term in words(query).split()][:MAX_TERMS]
 
 
+def hidden_products_sql(viewer: Viewer) -> tuple[str, dict[str, Any]]:
+    """SQL selecting the names of the restricted products `viewer` may not see, and its
+    parameters (`viewer_groups` is an expanding list)."""
+    sql = "SELECT hp.name FROM products hp WHERE hp.restricted = :restricted"
+    params: dict[str, Any] = {"restricted": True}
+    if viewer.subject is not None:
+        sql += " AND hp.publisher_subject <> :viewer_subject"
+        params["viewer_subject"] = viewer.subject
+    if viewer.groups:
+        sql += (
+            " AND NOT EXISTS (SELECT 1 FROM search_entries ge JOIN search_facets gf"
+            " ON gf.entry_id = ge.id WHERE ge.product = hp.name AND ge.dataset IS NULL"
+            " AND gf.kind = 'group' AND gf.value IN :viewer_groups)"
+        )
+        params["viewer_groups"] = sorted(viewer.groups)
+    return sql, params
+
+
+def statement(sql: str, params: dict[str, Any]) -> TextClause:
+    """`text(sql)` with the list parameters declared as expanding."""
+    clause = text(sql)
+    expanding: list[BindParameter[Any]] = [
+        bindparam(name, expanding=True) for name in EXPANDING if name in params
+    ]
+    return clause.bindparams(*expanding) if expanding else clause
+
+
+def hidden_products(viewer: Viewer) -> TextualSelect:
+    """The names of the products `viewer` may not see, as a select for `not_in`."""
+    sql, params = hidden_products_sql(viewer)
+    return statement(sql, params).bindparams(**params).columns(column("name", String))
+
+
 def search(
     store: MarketplaceStore,
     query: str = "",
     filters: SearchFilters | None = None,
     limit: int = 20,
     offset: int = 0,
+    *,
+    viewer: Viewer | None = None,
 ) -> SearchResults:
     """Entries matching every word of `query` (as prefixes) and the filters, best first.
 
     An empty query lists the entries the filters let through, by product and dataset name.
+    With a `viewer`, restricted products it may not see (and their datasets) are left out;
+    without one (internal callers) nothing is.
     """
     if not 1 <= limit <= MAX_LIMIT:
         raise BadRequestError(f"limit must be between 1 and {MAX_LIMIT}", where="limit")
     if offset < 0:
         raise BadRequestError("offset must not be negative", where="offset")
     terms = query_terms(query)
-    clauses, params = _filter_clauses(filters or SearchFilters())
-    params.update(limit=limit, offset=offset)
-    if not terms:
-        sql_count, sql_page = _browse_sql(clauses)
-    elif store.dialect == "sqlite":
-        params["match"] = " ".join(f'"{term}"*' for term in terms)
-        sql_count, sql_page = _fts5_sql(clauses)
-    else:
-        params["match"] = " & ".join(f"{term}:*" for term in terms)
-        sql_count, sql_page = _tsquery_sql(clauses)
+    sqlite = store.dialect == "sqlite"
+    # unary + keeps SQLite from driving FTS5 by these ids (one MATCH per id): they filter
+    id_column = "e.id" if not terms else "+search_fts.rowid" if sqlite else "d.entry_id"
     with store.engine.connect() as connection:
-        total = connection.execute(text(sql_count), params).scalar_one()
-        rows = connection.execute(text(sql_page), params).all() if total > offset else []
+        hidden = _hidden_names(connection, viewer)
+        clauses, params = _filter_clauses(
+            filters or SearchFilters(), hidden, id_column, sqlite, viewer
+        )
+        params.update(limit=limit, offset=offset, last=offset + limit - 1)
+        if not terms:
+            sql_count, sql_page = _browse_sql(clauses)
+        elif sqlite:
+            params["match"] = " ".join(f'"{term}"*' for term in terms)
+            sql_count, sql_page = _fts5_sql(clauses)
+        else:
+            params["match"] = " & ".join(f"{term}:*" for term in terms)
+            sql_count, sql_page = _tsquery_sql(clauses)
+        rows = connection.execute(statement(sql_page, params), params).all()
+        if rows:
+            total = int(rows[0].total)
+        else:
+            total = connection.execute(statement(sql_count, params), params).scalar_one()
+        snippets = _snippets(connection, [r.id for r in rows], terms)
     hits = [
         SearchHit(
             r.product,
             r.dataset,
             float(r.score),
-            r.snippet or None,
+            snippets.get(r.id) or None,
             r.title,
             r.description,
             r.domain,
@@ -126,83 +208,178 @@ def search(
     return SearchResults(total=total, hits=hits, limit=limit, offset=offset)
 
 
-def _filter_clauses(filters: SearchFilters) -> tuple[list[str], dict[str, Any]]:
-    clauses: list[str] = []
+MAX_HIDDEN_LISTED = 5000
+
+
+def _hidden_names(connection: Connection, viewer: Viewer | None) -> list[str] | str:
+    """The products hidden from `viewer`: their names, or (when there are very many) the
+    SQL that selects them, with its parameters bound later."""
+    if viewer is None:
+        return []
+    sql, params = hidden_products_sql(viewer)
+    names = connection.execute(
+        statement(f"{sql} LIMIT {MAX_HIDDEN_LISTED + 1}", params), params
+    ).scalars()
+    listed = list(names)
+    return listed if len(listed) <= MAX_HIDDEN_LISTED else sql
+
+
+def _filter_clauses(
+    filters: SearchFilters,
+    hidden: list[str] | str,
+    id_column: str,
+    sqlite: bool,
+    viewer: Viewer | None = None,
+) -> tuple[list[str], dict[str, Any]]:
+    """WHERE clauses on `id_column` (the FTS5 rowid or `e.id`) and their parameters.
+
+    Every clause is a set of entry ids read from an index, so FTS5 ranks without reading
+    an entry.
+    """
+    entry: list[str] = []
+    ids: list[str] = []
     params: dict[str, Any] = {}
     if filters.area:
         area = filters.area.strip("/").lower()
-        clauses.append("(e.domain = :area OR substr(e.domain, 1, :area_len) = :area_prefix)")
-        params.update(area=area, area_prefix=f"{area}/", area_len=len(area) + 1)
+        if sqlite:  # a range the domain index answers ('0' follows '/')
+            entry.append(
+                "(e.domain = :area OR (e.domain >= :area_prefix AND e.domain < :area_end))"
+            )
+        else:
+            entry.append("(e.domain = :area OR substr(e.domain, 1, :area_len) = :area_prefix)")
+        params.update(
+            area=area, area_prefix=f"{area}/", area_end=f"{area}0", area_len=len(area) + 1
+        )
     if filters.owner:
-        clauses.append("(e.owner_email = :owner OR e.owner_name = :owner)")
+        entry.append("(e.owner_email = :owner OR e.owner_name = :owner)")
         params["owner"] = filters.owner.strip().lower()
+    if filters.kind == "product":
+        entry.append("e.dataset IS NULL")
+    elif filters.kind == "dataset":
+        entry.append("e.dataset IS NOT NULL")
     for kind in ("tag", "classification"):
         value = getattr(filters, kind)
         if value:
-            clauses.append(
-                "EXISTS (SELECT 1 FROM search_facets f WHERE f.entry_id = e.id "
-                f"AND f.kind = '{kind}' AND f.value = :{kind})"
+            ids.append(
+                f"{id_column} IN (SELECT f.entry_id FROM search_facets f "
+                f"WHERE f.kind = '{kind}' AND f.value = :{kind})"
             )
             params[kind] = value.strip().lower()
-    if filters.kind == "product":
-        clauses.append("e.dataset IS NULL")
-    elif filters.kind == "dataset":
-        clauses.append("e.dataset IS NOT NULL")
-    return clauses, params
+    if hidden:
+        if isinstance(hidden, str):  # very many: the subquery, parameters of the viewer
+            names = f"({hidden})"
+            params.update(hidden_products_sql(viewer or Viewer())[1])
+        else:
+            names = ":hidden"
+            params["hidden"] = hidden
+        if id_column == "e.id":
+            entry.append(f"e.product NOT IN {names}")
+        else:  # the ids of the hidden products' entries, read from the product index
+            ids.append(
+                f"{id_column} NOT IN (SELECT he.id FROM search_entries he "
+                f"WHERE he.product IN {names})"
+            )
+    if entry and id_column != "e.id":
+        ids.append(
+            f"{id_column} IN (SELECT e.id FROM search_entries e WHERE {' AND '.join(entry)})"
+        )
+        entry = []
+    return entry + ids, params
 
 
 def _and(clauses: list[str]) -> str:
     return "".join(f" AND {clause}" for clause in clauses)
 
 
-PAGE_ORDER = (
-    "ORDER BY score DESC, product, dataset IS NOT NULL, dataset LIMIT :limit OFFSET :offset"
-)
-COLUMNS = "e.product, e.dataset, e.title, e.description, e.domain"
+TIE_BREAK = "product, dataset IS NOT NULL, dataset"
+COLUMNS = "e.id, e.product, e.dataset, e.title, e.description, e.domain"
 
 
 def _browse_sql(clauses: list[str]) -> tuple[str, str]:
     where = f"WHERE 1 = 1{_and(clauses)}"
     return (
         f"SELECT count(*) FROM search_entries e {where}",
-        f"SELECT {COLUMNS}, 0.0 AS score, NULL AS snippet FROM search_entries e {where} "
-        f"{PAGE_ORDER}",
+        f"SELECT {COLUMNS}, 0.0 AS score, count(*) OVER () AS total "
+        f"FROM search_entries e {where} ORDER BY {TIE_BREAK} LIMIT :limit OFFSET :offset",
     )
 
 
 def _fts5_sql(clauses: list[str]) -> tuple[str, str]:
-    source = (
-        "FROM search_fts JOIN search_entries e ON e.id = search_fts.rowid "
+    """bm25 over the FTS5 table alone; entries are read only for the rows at or above the
+    page's last score (the ties there are ordered by name)."""
+    weights = ", ".join(str(w) for w in FTS_WEIGHTS)
+    matches = (
+        f"SELECT search_fts.rowid AS id, bm25(search_fts, {weights}) AS rank FROM search_fts "
         f"WHERE search_fts MATCH :match{_and(clauses)}"
     )
-    weights = ", ".join(str(w) for w in FTS_WEIGHTS)
-    snippet = f"snippet(search_fts, -1, '{SNIPPET_OPEN}', '{SNIPPET_CLOSE}', '…', 12)"
-    return (
-        f"SELECT count(*) {source}",
-        f"SELECT {COLUMNS}, -bm25(search_fts, {weights}) AS score, {snippet} AS snippet "
-        f"{source} {PAGE_ORDER}",
+    page = (
+        f"WITH matches AS MATERIALIZED ({matches}), "
+        "cut AS (SELECT rank FROM matches ORDER BY rank LIMIT 1 OFFSET :last) "
+        f"SELECT {COLUMNS}, -m.rank AS score, (SELECT count(*) FROM matches) AS total "
+        "FROM matches m JOIN search_entries e ON e.id = m.id "
+        "WHERE m.rank <= coalesce((SELECT rank FROM cut), 1e308) "
+        "ORDER BY m.rank, e.product, e.dataset IS NOT NULL, e.dataset "
+        "LIMIT :limit OFFSET :offset"
     )
+    return f"SELECT count(*) FROM ({matches})", page
 
 
 def _tsquery_sql(clauses: list[str]) -> tuple[str, str]:
-    source = (
-        "FROM search_entries e, to_tsquery('simple', :match) q "
-        f"WHERE e.document @@ q{_and(clauses)}"
+    """ts_rank on the small ranking vector of each match (found by the GIN index); entries
+    are read only for the rows at or above the page's last score."""
+    matches = (
+        f"SELECT d.entry_id AS id, ts_rank('{TS_WEIGHTS}', d.ranking, q) AS score "
+        "FROM search_documents d, to_tsquery('simple', :match) q "
+        f"WHERE d.document @@ q{_and(clauses)}"
     )
     page = (
-        f"SELECT e.id, {COLUMNS}, ts_rank('{TS_WEIGHTS}', e.document, q) AS score "
-        f"{source} {PAGE_ORDER}"
+        f"WITH matches AS MATERIALIZED ({matches}), "
+        "cut AS (SELECT score FROM matches ORDER BY score DESC LIMIT 1 OFFSET :last) "
+        f"SELECT {COLUMNS}, m.score, (SELECT count(*) FROM matches) AS total "
+        "FROM matches m JOIN search_entries e ON e.id = m.id "
+        "WHERE m.score >= coalesce((SELECT score FROM cut), -1) "
+        "ORDER BY m.score DESC, e.product, e.dataset IS NOT NULL, e.dataset "
+        "LIMIT :limit OFFSET :offset"
     )
-    headline = (
-        "ts_headline('simple', e.descriptions || ' ' || e.columns, to_tsquery('simple', :match), "
-        f"'StartSel={SNIPPET_OPEN}, StopSel={SNIPPET_CLOSE}, MaxWords=14, MinWords=4')"
-    )
-    return (
-        f"SELECT count(*) {source}",
-        f"SELECT p.product, p.dataset, p.title, p.description, p.domain, p.score, "
-        f"{headline} AS snippet FROM ({page}) p JOIN search_entries e ON e.id = p.id "
-        "ORDER BY p.score DESC, p.product, p.dataset IS NOT NULL, p.dataset",
-    )
+    return f"SELECT count(*) FROM ({matches}) counted", page
+
+
+def _snippets(connection: Connection, ids: list[int], terms: list[str]) -> dict[int, str]:
+    """The highlighted passage of each hit of the page, by entry id (texts read by key)."""
+    if not ids or not terms:
+        return {}
+    query = select(search_texts).where(search_texts.c.entry_id.in_(ids))
+    return {
+        row.entry_id: found
+        for row in connection.execute(query)
+        if (found := snippet({f: getattr(row, f) for f in TEXT_FIELDS}, terms)) is not None
+    }
+
+
+SNIPPET_FIELDS = ("descriptions", "columns", "names", "tags")
+
+
+def snippet(texts: Mapping[str, Any], terms: list[str], size: int = 12) -> str | None:
+    """About `size` words of the text matching the most query terms, each word that a term
+    prefixes between `SNIPPET_OPEN` and `SNIPPET_CLOSE` (None when nothing matches)."""
+    best: tuple[int, int, list[str], list[int]] | None = None
+    for name in SNIPPET_FIELDS:
+        tokens = texts[name].split()
+        hits = [i for i, token in enumerate(tokens) if token.startswith(tuple(terms))]
+        matched = {t for t in terms for i in hits if tokens[i].startswith(t)}
+        if hits and (best is None or (len(matched), len(hits)) > best[:2]):
+            best = (len(matched), len(hits), tokens, hits)
+    if best is None:
+        return None
+    _, _, tokens, hits = best
+    start = max(0, min(hits[0] - 2, len(tokens) - size))
+    shown = [
+        f"{SNIPPET_OPEN}{token}{SNIPPET_CLOSE}" if index in hits else token
+        for index, token in enumerate(tokens[start : start + size], start)
+    ]
+    before = "…" if start > 0 else ""
+    after = "…" if start + size < len(tokens) else ""
+    return before + " ".join(shown) + after
 
 
 def products_with_facet(kind: str, value: str) -> Select[tuple[str]]:
@@ -222,11 +399,13 @@ def index_product(connection: Connection, publication: Publication) -> None:
     """Replace the product's entries in the index, in the caller's transaction."""
     product = publication.product.name
     sqlite = connection.dialect.name == "sqlite"
-    if sqlite:
+    own_entries = "SELECT id FROM search_entries WHERE product = :product"
+    if sqlite:  # an external-content FTS5 table is told the old texts it forgets
         connection.execute(
             text(
-                "DELETE FROM search_fts WHERE rowid IN "
-                "(SELECT id FROM search_entries WHERE product = :product)"
+                "INSERT INTO search_fts (search_fts, rowid, names, tags, descriptions, columns) "
+                "SELECT 'delete', entry_id, names, tags, descriptions, columns "
+                f"FROM search_texts WHERE entry_id IN ({own_entries})"
             ),
             {"product": product},
         )
@@ -237,30 +416,57 @@ def index_product(connection: Connection, publication: Publication) -> None:
     ids = (
         connection.execute(
             insert(search_entries).returning(search_entries.c.id, sort_by_parameter_order=True),
-            [entry for entry, _ in entries],
+            [entry for entry, _, _, _ in entries],
         )
         .scalars()
         .all()
     )
+    texts = [
+        {"entry_id": entry_id, **entry_texts}
+        for entry_id, (_, entry_texts, _, _) in zip(ids, entries, strict=True)
+    ]
+    connection.execute(insert(search_texts), texts)
     facets = [
         {"entry_id": entry_id, "kind": kind, "value": value}
-        for entry_id, (_, entry_facets) in zip(ids, entries, strict=True)
-        for kind, value in entry_facets
+        for entry_id, (_, _, entry_facets, _) in zip(ids, entries, strict=True)
+        for kind, value in sorted(entry_facets)
     ]
     if facets:
         connection.execute(insert(search_facets), facets)
     if sqlite:
-        statement = (
-            "INSERT INTO search_fts (rowid, names, tags, descriptions, columns) "
-            "SELECT id, names, tags, descriptions, columns FROM search_entries "
-            "WHERE product = :product"
+        connection.execute(
+            text(
+                "INSERT INTO search_fts (rowid, names, tags, descriptions, columns) "
+                "SELECT entry_id, names, tags, descriptions, columns FROM search_texts "
+                f"WHERE entry_id IN ({own_entries})"
+            ),
+            {"product": product},
         )
-    else:
-        statement = f"UPDATE search_entries SET document = {TS_DOCUMENT} WHERE product = :product"
-    connection.execute(text(statement), {"product": product})
+        return
+    connection.execute(
+        text(
+            "INSERT INTO search_documents (entry_id, ranking, document) VALUES "
+            f"(:entry_id, {TS_RANKING}, to_tsvector('simple', :everything))"
+        ),
+        [
+            {
+                "entry_id": row["entry_id"],
+                **{f: _distinct_words(row[f]) for f in ("names", "tags", "descriptions")},
+                "column_names": _distinct_words(column_names),
+                "everything": _distinct_words(" ".join(row[f] for f in TEXT_FIELDS)),
+            }
+            for row, (_, _, _, column_names) in zip(texts, entries, strict=True)
+        ],
+    )
 
 
-Entry = tuple[dict[str, Any], set[tuple[str, str]]]
+def _distinct_words(value: str) -> str:
+    """Each word once, in order: the ranking vector keeps one position per word and weight."""
+    return " ".join(dict.fromkeys(value.split()))
+
+
+# The entry's row, its texts, its facets and its column names (for the ranking vector).
+Entry = tuple[dict[str, Any], dict[str, str], set[tuple[str, str]], str]
 
 
 def _base_entry(publication: Publication) -> dict[str, Any]:
@@ -276,6 +482,7 @@ def _base_entry(publication: Publication) -> dict[str, Any]:
 def _product_entry(publication: Publication) -> Entry:
     info = publication.product
     facets = {("tag", t.lower()) for t in info.tags}
+    facets |= {("group", group) for group in info.visible_to}
     for dataset in publication.datasets.values():
         facets |= {("tag", t.lower()) for t in dataset.tags}
         facets |= {("classification", c.lower()) for c in dataset.classifications}
@@ -284,12 +491,14 @@ def _product_entry(publication: Publication) -> Entry:
         "dataset": None,
         "title": info.name,
         "description": info.description[:2000],
+    }
+    texts = {
         "names": words(info.name),
         "tags": words(" ".join([*info.tags, info.domain])),
         "descriptions": words(info.description),
         "columns": "",
     }
-    return entry, facets
+    return entry, texts, facets, ""
 
 
 def _dataset_entry(publication: Publication, dataset: DatasetDocument) -> Entry:
@@ -302,9 +511,11 @@ def _dataset_entry(publication: Publication, dataset: DatasetDocument) -> Entry:
         "dataset": dataset.name,
         "title": dataset.name,
         "description": dataset.description[:2000],
+    }
+    texts = {
         "names": words(dataset.name),
         "tags": words(" ".join(dataset.tags)),
         "descriptions": words(f"{dataset.description} {info.name}"),
         "columns": words(columns),
     }
-    return entry, facets
+    return entry, texts, facets, words(" ".join(c.name for c in dataset.columns))

@@ -4,6 +4,12 @@
 publication in one transaction: the product, its datasets (older versions kept), the
 history and the search index; an unchanged publication only refreshes when it was seen.
 A product name belongs to the credential subject that first published it.
+
+A product may restrict who sees it (`product.visibility.groups`). Every read takes an
+optional `viewer` (`search.Viewer`: the caller's subject and groups): a restricted product
+is then left out of lists, search and the area tree, and reads of it or its datasets answer
+404 exactly as for an unknown name, unless the viewer is in one of its groups or is the
+subject that publishes it. Without a viewer (internal callers) everything is visible.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     Row,
+    Select,
     create_engine,
     delete,
     event,
@@ -41,6 +48,8 @@ from dataproduct.marketplace.publication import (
     Publication,
     publication_digest,
 )
+from dataproduct.marketplace.search import Viewer as Viewer
+from dataproduct.marketplace.search import hidden_products
 
 DEFAULT_URL = "sqlite:///marketplace.db"
 ACTIVE, STALE, UNREACHABLE = "active", "stale", "unreachable"
@@ -180,10 +189,12 @@ class MarketplaceStore:
         )
         _record(connection, name, digest, subject, now, changed=False)
 
-    def product(self, name: str) -> dict[str, Any]:
-        """One product with its dataset summaries and its last publication."""
+    def product(self, name: str, *, viewer: Viewer | None = None) -> dict[str, Any]:
+        """One product with its dataset summaries and its last publication (404 when
+        unknown or hidden from `viewer`)."""
+        query = _visible(select(products).where(products.c.name == name), viewer)
         with self.engine.connect() as connection:
-            row = connection.execute(select(products).where(products.c.name == name)).first()
+            row = connection.execute(query).first()
             if row is None:
                 raise NotFoundError(f"no product {name!r}", where="product")
             rows = connection.execute(
@@ -195,10 +206,22 @@ class MarketplaceStore:
             "datasets": [_dataset_summary(r) for r in rows],
         }
 
-    def dataset(self, product: str, name: str, version: int | None = None) -> dict[str, Any]:
-        """A dataset in full: the current version, or an older one kept by the marketplace."""
+    def dataset(
+        self,
+        product: str,
+        name: str,
+        version: int | None = None,
+        *,
+        viewer: Viewer | None = None,
+    ) -> dict[str, Any]:
+        """A dataset in full: the current version, or an older one kept by the marketplace
+        (404 when unknown, or when its product is hidden from `viewer`)."""
         where = f"datasets.{product}.{name}"
+        suffix = f" version {version}" if version is not None else ""
+        missing = NotFoundError(f"no dataset {name!r}{suffix} in product {product!r}", where=where)
         with self.engine.connect() as connection:
+            if viewer is not None and not self._visible_to(connection, product, viewer):
+                raise missing
             current = connection.execute(
                 select(datasets).where(datasets.c.product == product, datasets.c.name == name)
             ).first()
@@ -214,8 +237,7 @@ class MarketplaceStore:
             return {**_dataset_view(current), "current": True, "versions": versions}
         chosen = next((r for r in older if version in (None, r.version)), None)
         if chosen is None:
-            suffix = f" version {version}" if version is not None else ""
-            raise NotFoundError(f"no dataset {name!r}{suffix} in product {product!r}", where=where)
+            raise missing
         return {
             **chosen.document,
             "product": product,
@@ -234,9 +256,11 @@ class MarketplaceStore:
         order: Literal["name", "recent"] = "name",
         limit: int = 100,
         offset: int = 0,
+        viewer: Viewer | None = None,
     ) -> list[dict[str, Any]]:
-        """Products, filtered by business area (a path prefix), owner, tag and status."""
-        query = select(products)
+        """Products, filtered by business area (a path prefix), owner, tag and status; only
+        those `viewer` may see."""
+        query = _visible(select(products), viewer)
         if area:
             query = query.where(
                 or_(products.c.domain == area, products.c.domain.startswith(f"{area}/"))
@@ -261,9 +285,12 @@ class MarketplaceStore:
         with self.engine.connect() as connection:
             return [_product_view(row) for row in connection.execute(query)]
 
-    def business_areas(self) -> list[dict[str, Any]]:
-        """The business-area tree: {name, path, products (with sub-areas), children}."""
-        query = select(products.c.domain, func.count()).group_by(products.c.domain)
+    def business_areas(self, *, viewer: Viewer | None = None) -> list[dict[str, Any]]:
+        """The business-area tree: {name, path, products (with sub-areas), children},
+        counting the products `viewer` may see (an area with none is left out)."""
+        query = _visible(select(products.c.domain, func.count()), viewer).group_by(
+            products.c.domain
+        )
         with self.engine.connect() as connection:
             counts = {domain: count for domain, count in connection.execute(query)}
         root: dict[str, Any] = {"children": {}}
@@ -282,6 +309,11 @@ class MarketplaceStore:
                 )
                 node["products"] += count
         return _sorted_tree(root["children"])
+
+    def _visible_to(self, connection: Connection, name: str, viewer: Viewer) -> bool:
+        """Whether the product exists and `viewer` may see it."""
+        query = _visible(select(products.c.name).where(products.c.name == name), viewer)
+        return connection.execute(query).first() is not None
 
     def mark_stale(
         self,
@@ -331,6 +363,13 @@ class MarketplaceStore:
         ]
 
 
+def _visible(query: Select[Any], viewer: Viewer | None) -> Select[Any]:
+    """`query` over `products` without the products hidden from `viewer`."""
+    if viewer is None:
+        return query
+    return query.where(products.c.name.not_in(hidden_products(viewer)))
+
+
 def _set_status(
     connection: Connection, status: str, seen_before: datetime, from_statuses: tuple[str, ...]
 ) -> int:
@@ -372,6 +411,8 @@ def _product_values(publication: Publication, digest: str, now: datetime) -> dic
         "status": ACTIVE,
         "url": info.url,
         "health": "ready" if publication.health.ready else "not_ready",
+        "visibility_groups": info.visible_to,
+        "restricted": bool(info.visible_to),
         "digest": digest,
         "last_updated": now,
         "last_seen": now,
@@ -455,6 +496,7 @@ def _product_view(row: Row[Any]) -> dict[str, Any]:
         "status": row.status,
         "url": row.url,
         "health": row.health,
+        "visibility": {"groups": row.visibility_groups},
         "first_seen": utc(row.first_seen),
         "last_updated": utc(row.last_updated),
         "last_seen": utc(row.last_seen),

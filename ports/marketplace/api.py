@@ -19,7 +19,7 @@ from dataproduct.errors import (
 )
 from dataproduct.marketplace.exports import dcat, dcat_product, odcs, odps
 from dataproduct.marketplace.publication import parse_publication
-from dataproduct.marketplace.search import SearchFilters, search
+from dataproduct.marketplace.search import SearchFilters, Viewer, search
 from dataproduct.marketplace.settings import PUBLISH_SCOPE, MarketplaceSettings
 from dataproduct.marketplace.store import MarketplaceStore
 from dataproduct.security import ANONYMOUS, Principal, bearer_token, verify_token
@@ -50,6 +50,13 @@ def authenticate(request: Request) -> Principal:
 
 
 Caller = Annotated[Principal, Depends(authenticate)]
+
+
+def viewer_of(caller: Principal) -> Viewer:
+    """What the caller may see: its groups, and the products its subject publishes
+    (an anonymous reader sees only unrestricted products)."""
+    subject = None if caller is ANONYMOUS else caller.subject
+    return Viewer(subject, caller.groups)
 
 
 async def _body(request: Request, limit: int) -> bytes:
@@ -104,7 +111,7 @@ def products(
     """Products, filtered by business area (a path prefix), owner, tag and status."""
     found = store_of(request).products(
         area=area, owner=owner, tag=tag, status=status, order=order,  # type: ignore[arg-type]
-        limit=limit, offset=offset,
+        limit=limit, offset=offset, viewer=viewer_of(caller),
     )  # fmt: skip
     return {"products": found, "limit": limit, "offset": offset}
 
@@ -112,7 +119,7 @@ def products(
 @router.get("/products/{name}")
 def product(name: str, request: Request, caller: Caller) -> dict[str, Any]:
     """One product with its datasets (its last publication under `publication`)."""
-    return store_of(request).product(name)
+    return store_of(request).product(name, viewer=viewer_of(caller))
 
 
 @router.get("/products/{name}/history")
@@ -121,7 +128,7 @@ def history(
 ) -> dict[str, Any]:
     """When the product published, and whether anything changed."""
     store = store_of(request)
-    store.product(name)  # 404 for an unknown product
+    store.product(name, viewer=viewer_of(caller))  # 404 for an unknown or hidden product
     return {"history": store.history(name, limit)}
 
 
@@ -134,7 +141,7 @@ def dataset(
     version: Annotated[int | None, Query(ge=1)] = None,
 ) -> dict[str, Any]:
     """A dataset in full (an older version with `version=`)."""
-    return store_of(request).dataset(name, dataset, version)
+    return store_of(request).dataset(name, dataset, version, viewer=viewer_of(caller))
 
 
 @router.get("/search")
@@ -152,7 +159,7 @@ def find(
 ) -> dict[str, Any]:
     """Full-text search over products, datasets, tags and columns, best first."""
     filters = SearchFilters(area, owner, tag, classification, kind)  # type: ignore[arg-type]
-    results = search(store_of(request), q, filters, limit, offset)
+    results = search(store_of(request), q, filters, limit, offset, viewer=viewer_of(caller))
     return {
         "total": results.total,
         "limit": results.limit,
@@ -164,37 +171,40 @@ def find(
 @router.get("/areas")
 def areas(request: Request, caller: Caller) -> dict[str, Any]:
     """The business-area tree with the products in each area."""
-    return {"areas": store_of(request).business_areas()}
+    return {"areas": store_of(request).business_areas(viewer=viewer_of(caller))}
 
 
 @router.get("/products/{name}/odps")
 def product_odps(name: str, request: Request, caller: Caller) -> dict[str, Any]:
     """The product as an Open Data Product Standard document."""
-    return odps(_publication(request, name), settings_of(request).base_url())
+    return odps(_publication(request, name, caller), settings_of(request).base_url())
 
 
 @router.get("/products/{name}/datasets/{dataset}/odcs")
 def dataset_odcs(name: str, dataset: str, request: Request, caller: Caller) -> dict[str, Any]:
     """A dataset as an Open Data Contract Standard contract."""
-    publication = _publication(request, name)
-    store_of(request).dataset(name, dataset)  # 404 for an unknown dataset
+    publication = _publication(request, name, caller)
+    store_of(request).dataset(name, dataset, viewer=viewer_of(caller))  # 404 when unknown
     return odcs(publication, dataset, settings_of(request).base_url())
 
 
 @router.get("/products/{name}/dcat")
 def product_dcat(name: str, request: Request, caller: Caller) -> dict[str, Any]:
     """The product's datasets as DCAT JSON-LD."""
-    return dcat_product(_publication(request, name), settings_of(request).base_url())
+    return dcat_product(_publication(request, name, caller), settings_of(request).base_url())
 
 
 @router.get("/dcat")
 def catalog_dcat(request: Request, caller: Caller) -> dict[str, Any]:
     """Every product's datasets as one DCAT JSON-LD catalog."""
-    store = store_of(request)
-    publications = [store.product(p["name"])["publication"] for p in store.products(limit=500)]
+    store, viewer = store_of(request), viewer_of(caller)
+    publications = [
+        store.product(p["name"], viewer=viewer)["publication"]
+        for p in store.products(limit=500, viewer=viewer)
+    ]
     return dcat(publications, settings_of(request).base_url())
 
 
-def _publication(request: Request, name: str) -> dict[str, Any]:
-    found: dict[str, Any] = store_of(request).product(name)["publication"]
+def _publication(request: Request, name: str, caller: Principal) -> dict[str, Any]:
+    found: dict[str, Any] = store_of(request).product(name, viewer=viewer_of(caller))["publication"]
     return found

@@ -13,7 +13,8 @@ from dataproduct.marketplace.settings import MarketplaceSettings
 from dataproduct.marketplace.store import MarketplaceStore
 from dataproduct.settings import DataproductSettings
 from ports.errors import install_error_handlers
-from ports.marketplace import api
+from ports.marketplace import access_api, api, crawl_api
+from ports.marketplace import pages as marketplace_pages
 
 
 def create_marketplace_app(
@@ -23,7 +24,9 @@ def create_marketplace_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        crawling = crawl_api.start_crawler(app)
         yield
+        crawl_api.stop_crawler(app, crawling)
         store.close()
 
     app = FastAPI(title="dataproduct marketplace", version=__version__, lifespan=lifespan)
@@ -32,6 +35,9 @@ def create_marketplace_app(
     app.state.auth = auth
     install_error_handlers(app)
     app.include_router(api.router)
+    app.include_router(access_api.router)
+    app.include_router(marketplace_pages.router)
+    app.include_router(crawl_api.router)
 
     @app.get("/health", tags=["health"])
     def health() -> dict[str, Any]:

@@ -203,3 +203,23 @@ def test_exports_are_served(
     assert catalog["@type"] == "dcat:Catalog"
     product = httpx.get(f"{base}/products/sales-eu/dcat", headers=token()).json()
     assert "@context" in product
+
+
+def test_a_restricted_product_is_hidden_from_outsiders_in_the_api(
+    marketplace: str, publication: dict[str, Any], token: TokenFactory
+) -> None:
+    """An outsider gets 404 and finds nothing; a member of the group reads it."""
+    restricted = json.loads(json.dumps(publication))
+    restricted["product"]["visibility"] = {"groups": ["finance"]}
+    url = f"{marketplace}/api/v1/products/sales-eu"
+    assert httpx.put(url, json=restricted, headers=_publisher()).status_code == 200
+    outsider, member = token(subject="ivy"), token(subject="fay", groups=["finance"])
+    assert httpx.get(url, headers=outsider).status_code == 404
+    assert httpx.get(f"{url}/datasets/daily_sales", headers=outsider).status_code == 404
+    assert httpx.get(f"{url}/odps", headers=outsider).status_code == 404
+    listed = httpx.get(f"{marketplace}/api/v1/products", headers=outsider).json()["products"]
+    found = httpx.get(f"{marketplace}/api/v1/search", params={"q": "sales"}, headers=outsider)
+    assert listed == [] and found.json()["hits"] == []
+    assert httpx.get(url, headers=member).status_code == 200
+    found = httpx.get(f"{marketplace}/api/v1/search", params={"q": "sales"}, headers=member)
+    assert found.json()["hits"]

@@ -9,7 +9,7 @@ import pytest
 
 from dataproduct.errors import BadRequestError
 from dataproduct.marketplace.publication import parse_publication
-from dataproduct.marketplace.search import SearchFilters, search
+from dataproduct.marketplace.search import SearchFilters, Viewer, search
 from dataproduct.marketplace.store import MarketplaceStore
 from tests.marketplace.documents import (  # noqa: F401 (fixtures)
     base_publication_fixture,
@@ -25,8 +25,10 @@ def publish(store: MarketplaceStore, document: dict[str, Any]) -> None:
     store.publish(parse_publication(document), document["product"]["name"])
 
 
-def found(store: MarketplaceStore, query: str, **filters: Any) -> list[tuple[str, str | None]]:
-    results = search(store, query, SearchFilters(**filters), limit=100)
+def found(
+    store: MarketplaceStore, query: str, viewer: Viewer | None = None, **filters: Any
+) -> list[tuple[str, str | None]]:
+    results = search(store, query, SearchFilters(**filters), limit=100, viewer=viewer)
     return [(h.product, h.dataset) for h in results.hits]
 
 
@@ -187,3 +189,42 @@ def test_the_index_follows_each_publish(
     assert found(store, "kangaroo") == []
     assert found(store, "wombat") == [("catalogue", None)]
     assert search(store, "", limit=100).total == 3  # the product and its two datasets
+
+
+def test_a_restricted_product_and_its_datasets_are_hidden_from_outsiders(
+    mesh: MarketplaceStore, base_publication: dict[str, Any]
+) -> None:
+    """Search (ranked and browsing, with filters, and its totals) leaves out a restricted
+    product and its datasets for callers outside its groups; members and its publisher
+    find them."""
+    stock = variant(
+        only_datasets(base_publication, "customer_revenue"),
+        "warehouse-stock",
+        domain="logistics/americas",
+        owner_email="mo@example.com",
+        tags=["inventory"],
+        description="Stock levels per warehouse, refreshed hourly.",
+    )
+    stock["product"]["visibility"] = {"groups": ["stock-keepers"]}
+    publish(mesh, stock)
+    outsider = Viewer("bob", frozenset({"logistics"}))
+    member = Viewer("mo", frozenset({"stock-keepers", "other"}))
+    publisher = Viewer("warehouse-stock")
+    assert found(mesh, "warehouse", outsider) == [("logistics-shipments", None)]
+    assert found(mesh, "warehouse", Viewer()) == [("logistics-shipments", None)]
+    assert found(mesh, "stock", outsider, tag="inventory") == []
+    assert found(mesh, "revenue", outsider, area="logistics") == [
+        ("logistics-shipments", "customer_revenue")
+    ]
+    assert found(mesh, "", outsider, kind="product") == [
+        ("logistics-shipments", None),
+        ("sales-eu", None),
+    ]
+    assert search(mesh, "", viewer=outsider).total == 5
+    assert search(mesh, "revenue", viewer=outsider, limit=1).total == 2
+    for viewer in (member, publisher, None):
+        assert found(mesh, "warehouse", viewer)[0] == ("warehouse-stock", None)
+        assert found(mesh, "revenue", viewer, area="logistics/americas") == [
+            ("warehouse-stock", "customer_revenue")
+        ]
+        assert search(mesh, "", viewer=viewer).total == 7

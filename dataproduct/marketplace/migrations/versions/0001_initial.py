@@ -46,6 +46,8 @@ def _create_products() -> None:
         sa.Column("url", sa.String(200), nullable=False),
         sa.Column("health", sa.String(20), nullable=False),
         sa.Column("publisher_subject", sa.String(300), nullable=False),
+        sa.Column("visibility_groups", sa.JSON(), nullable=False),
+        sa.Column("restricted", sa.Boolean(), nullable=False),
         sa.Column("digest", sa.String(64), nullable=False),
         _when("first_seen"),
         _when("last_updated"),
@@ -53,7 +55,7 @@ def _create_products() -> None:
         sa.Column("publication", sa.JSON(), nullable=False),
         sa.PrimaryKeyConstraint("name", name="pk_products"),
     )
-    for column in ("domain", "owner_email", "status"):
+    for column in ("domain", "owner_email", "status", "restricted"):
         op.create_index(f"ix_products_{column}", "products", [column])
 
 
@@ -118,15 +120,26 @@ def _create_search_tables() -> None:
         sa.Column("owner_name", sa.String(200), nullable=False),
         sa.Column("title", sa.String(300), nullable=False),
         sa.Column("description", sa.Text(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name="pk_search_entries"),
+        _cascade_to_products("search_entries"),
+    )
+    for column in ("product", "domain", "owner_email", "owner_name"):
+        op.create_index(f"ix_search_entries_{column}", "search_entries", [column])
+    op.create_table(
+        "search_texts",
+        sa.Column("entry_id", sa.Integer(), autoincrement=False, nullable=False),
         sa.Column("names", sa.Text(), nullable=False),
         sa.Column("tags", sa.Text(), nullable=False),
         sa.Column("descriptions", sa.Text(), nullable=False),
         sa.Column("columns", sa.Text(), nullable=False),
-        sa.PrimaryKeyConstraint("id", name="pk_search_entries"),
-        _cascade_to_products("search_entries"),
+        sa.PrimaryKeyConstraint("entry_id", name="pk_search_texts"),
+        sa.ForeignKeyConstraint(
+            ["entry_id"],
+            ["search_entries.id"],
+            name="fk_search_texts_entry_id_search_entries",
+            ondelete="CASCADE",
+        ),
     )
-    for column in ("product", "domain", "owner_email"):
-        op.create_index(f"ix_search_entries_{column}", "search_entries", [column])
     op.create_table(
         "search_facets",
         sa.Column("entry_id", sa.Integer(), nullable=False),
@@ -144,15 +157,28 @@ def _create_search_tables() -> None:
 
 
 def _create_text_index() -> None:
-    """The dialect's full-text index: FTS5 on SQLite, a weighted tsvector + GIN elsewhere."""
+    """The dialect's full-text index: on SQLite FTS5 over `search_texts` (external content,
+    prefix indexes for 2 and 3 characters); on PostgreSQL `search_documents`."""
     if op.get_bind().dialect.name == "sqlite":
         op.execute(
             "CREATE VIRTUAL TABLE search_fts USING fts5("
-            "names, tags, descriptions, columns, tokenize='unicode61 remove_diacritics 2')"
+            "names, tags, descriptions, columns, content='search_texts', "
+            "content_rowid='entry_id', prefix='2 3', tokenize='unicode61 remove_diacritics 2')"
         )
         return
-    op.execute("ALTER TABLE search_entries ADD COLUMN document tsvector")
-    op.execute("CREATE INDEX ix_search_entries_document ON search_entries USING gin (document)")
+    # The matching vector goes out of line (toast), so a GIN bitmap scan reads small rows
+    # and ranks on the inline `ranking` vector without reading it.
+    op.execute(
+        "CREATE TABLE search_documents (entry_id integer NOT NULL, ranking tsvector NOT NULL, "
+        "document tsvector NOT NULL, CONSTRAINT pk_search_documents PRIMARY KEY (entry_id), "
+        "CONSTRAINT fk_search_documents_entry_id_search_entries FOREIGN KEY (entry_id) "
+        "REFERENCES search_entries (id) ON DELETE CASCADE) WITH (toast_tuple_target = 128)"
+    )
+    op.execute(
+        "ALTER TABLE search_documents ALTER COLUMN document SET STORAGE EXTERNAL, "
+        "ALTER COLUMN ranking SET STORAGE MAIN"
+    )
+    op.execute("CREATE INDEX ix_search_documents_document ON search_documents USING gin (document)")
 
 
 def upgrade() -> None:
@@ -166,9 +192,12 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     """Drop everything the upgrade created."""
-    if op.get_bind().dialect.name == "sqlite":
-        op.execute("DROP TABLE search_fts")
-    for table in ("search_facets", "search_entries", "publications"):
+    op.execute(
+        "DROP TABLE search_fts"
+        if op.get_bind().dialect.name == "sqlite"
+        else "DROP TABLE search_documents"
+    )
+    for table in ("search_facets", "search_texts", "search_entries", "publications"):
         op.drop_table(table)
     for table in ("dataset_versions", "datasets", "products"):
         op.drop_table(table)
