@@ -1,10 +1,9 @@
 """The marketplace's tables (SQLAlchemy Core), shared by the store, search and migrations.
 
 The search index has one part per dialect that lives outside this metadata (an FTS5 table
-over `search_texts` on SQLite; on PostgreSQL `search_documents`: per entry a small weighted
-`ranking` tsvector kept inline and the full matching `document` tsvector kept out of line,
-with a GIN index); migrations create it and `DIALECT_SEARCH_OBJECTS` names it so schema
-comparisons leave it aside.
+over `search_texts` on SQLite; on PostgreSQL `search_documents`: per entry one weighted
+`document` tsvector, matched through a GIN index and ranked); migrations create it and
+`DIALECT_SEARCH_OBJECTS` names it so schema comparisons leave it aside.
 """
 
 from __future__ import annotations

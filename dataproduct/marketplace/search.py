@@ -8,10 +8,10 @@ a prefix, rank on the index alone and read entries only for the page:
 - SQLite: FTS5 (external content `search_texts`, prefix indexes) ranks by bm25 with column
   weights; the filters are sets of ids, so the ranking never reads an entry. Ties are
   broken by product and dataset name among the rows at or above the page's last score.
-- PostgreSQL: `search_documents` holds per entry the matching `tsvector` of every word
-  (GIN index, stored out of line so the bitmap scan reads small rows and never loads it)
-  and a small inline `ranking` vector (names A, tags B, descriptions C, column names D,
-  each word once) that `ts_rank` reads. Ties are broken as on SQLite.
+- PostgreSQL: `search_documents` holds per entry one weighted `tsvector` (names A, tags
+  B, descriptions C, columns D, each word once per text) that the GIN index matches and
+  `ts_rank` reads (one vector, not two: a broad query reads every match's row). Ties
+  are broken as on SQLite.
 
 Snippets are cut (in Python, the same on both) from the texts of the page's hits only.
 The index is rebuilt for a product inside the transaction that stores its publication.
@@ -57,7 +57,7 @@ TS_RANKING = (
     "setweight(to_tsvector('simple', :names), 'A') || "
     "setweight(to_tsvector('simple', :tags), 'B') || "
     "setweight(to_tsvector('simple', :descriptions), 'C') || "
-    "setweight(to_tsvector('simple', :column_names), 'D')"
+    "setweight(to_tsvector('simple', :columns), 'D')"
 )
 TEXT_FIELDS = ("names", "tags", "descriptions", "columns")
 EXPANDING = ("viewer_groups", "hidden")
@@ -325,10 +325,10 @@ def _fts5_sql(clauses: list[str]) -> tuple[str, str]:
 
 
 def _tsquery_sql(clauses: list[str]) -> tuple[str, str]:
-    """ts_rank on the small ranking vector of each match (found by the GIN index); entries
+    """ts_rank on the weighted vector of each match (found by the GIN index); entries
     are read only for the rows at or above the page's last score."""
     matches = (
-        f"SELECT d.entry_id AS id, ts_rank('{TS_WEIGHTS}', d.ranking, q) AS score "
+        f"SELECT d.entry_id AS id, ts_rank('{TS_WEIGHTS}', d.document, q) AS score "
         "FROM search_documents d, to_tsquery('simple', :match) q "
         f"WHERE d.document @@ q{_and(clauses)}"
     )
@@ -416,19 +416,19 @@ def index_product(connection: Connection, publication: Publication) -> None:
     ids = (
         connection.execute(
             insert(search_entries).returning(search_entries.c.id, sort_by_parameter_order=True),
-            [entry for entry, _, _, _ in entries],
+            [entry for entry, _, _ in entries],
         )
         .scalars()
         .all()
     )
     texts = [
         {"entry_id": entry_id, **entry_texts}
-        for entry_id, (_, entry_texts, _, _) in zip(ids, entries, strict=True)
+        for entry_id, (_, entry_texts, _) in zip(ids, entries, strict=True)
     ]
     connection.execute(insert(search_texts), texts)
     facets = [
         {"entry_id": entry_id, "kind": kind, "value": value}
-        for entry_id, (_, _, entry_facets, _) in zip(ids, entries, strict=True)
+        for entry_id, (_, _, entry_facets) in zip(ids, entries, strict=True)
         for kind, value in sorted(entry_facets)
     ]
     if facets:
@@ -444,29 +444,21 @@ def index_product(connection: Connection, publication: Publication) -> None:
         )
         return
     connection.execute(
-        text(
-            "INSERT INTO search_documents (entry_id, ranking, document) VALUES "
-            f"(:entry_id, {TS_RANKING}, to_tsvector('simple', :everything))"
-        ),
+        text(f"INSERT INTO search_documents (entry_id, document) VALUES (:entry_id, {TS_RANKING})"),
         [
-            {
-                "entry_id": row["entry_id"],
-                **{f: _distinct_words(row[f]) for f in ("names", "tags", "descriptions")},
-                "column_names": _distinct_words(column_names),
-                "everything": _distinct_words(" ".join(row[f] for f in TEXT_FIELDS)),
-            }
-            for row, (_, _, _, column_names) in zip(texts, entries, strict=True)
+            {"entry_id": row["entry_id"], **{f: _distinct_words(row[f]) for f in TEXT_FIELDS}}
+            for row in texts
         ],
     )
 
 
 def _distinct_words(value: str) -> str:
-    """Each word once, in order: the ranking vector keeps one position per word and weight."""
+    """Each word once, in order: the vector keeps one position per word and weight."""
     return " ".join(dict.fromkeys(value.split()))
 
 
-# The entry's row, its texts, its facets and its column names (for the ranking vector).
-Entry = tuple[dict[str, Any], dict[str, str], set[tuple[str, str]], str]
+# The entry's row, its texts and its facets.
+Entry = tuple[dict[str, Any], dict[str, str], set[tuple[str, str]]]
 
 
 def _base_entry(publication: Publication) -> dict[str, Any]:
@@ -498,7 +490,7 @@ def _product_entry(publication: Publication) -> Entry:
         "descriptions": words(info.description),
         "columns": "",
     }
-    return entry, texts, facets, ""
+    return entry, texts, facets
 
 
 def _dataset_entry(publication: Publication, dataset: DatasetDocument) -> Entry:
@@ -518,4 +510,4 @@ def _dataset_entry(publication: Publication, dataset: DatasetDocument) -> Entry:
         "descriptions": words(f"{dataset.description} {info.name}"),
         "columns": words(columns),
     }
-    return entry, texts, facets, words(" ".join(c.name for c in dataset.columns))
+    return entry, texts, facets

@@ -166,17 +166,14 @@ def _create_text_index() -> None:
             "content_rowid='entry_id', prefix='2 3', tokenize='unicode61 remove_diacritics 2')"
         )
         return
-    # The matching vector goes out of line (toast), so a GIN bitmap scan reads small rows
-    # and ranks on the inline `ranking` vector without reading it.
+    # One weighted vector per entry, both matched (GIN) and ranked: rows below the toast
+    # threshold stay inline whatever the table's options, so a second (ranking) vector would
+    # only widen every row a broad query reads.
     op.execute(
-        "CREATE TABLE search_documents (entry_id integer NOT NULL, ranking tsvector NOT NULL, "
-        "document tsvector NOT NULL, CONSTRAINT pk_search_documents PRIMARY KEY (entry_id), "
+        "CREATE TABLE search_documents (entry_id integer NOT NULL, document tsvector NOT NULL, "
+        "CONSTRAINT pk_search_documents PRIMARY KEY (entry_id), "
         "CONSTRAINT fk_search_documents_entry_id_search_entries FOREIGN KEY (entry_id) "
-        "REFERENCES search_entries (id) ON DELETE CASCADE) WITH (toast_tuple_target = 128)"
-    )
-    op.execute(
-        "ALTER TABLE search_documents ALTER COLUMN document SET STORAGE EXTERNAL, "
-        "ALTER COLUMN ranking SET STORAGE MAIN"
+        "REFERENCES search_entries (id) ON DELETE CASCADE)"
     )
     op.execute("CREATE INDEX ix_search_documents_document ON search_documents USING gin (document)")
 
