@@ -50,6 +50,20 @@ def _when(name: str) -> Column[object]:
     return Column(name, DateTime(timezone=True), nullable=False)
 
 
+def _product(
+    *, primary_key: bool = False, nullable: bool = False, index: bool = False
+) -> Column[object]:
+    """The `product` column of a table that belongs to a product (gone with it)."""
+    return Column(
+        "product",
+        String(128),
+        ForeignKey("products.name", ondelete="CASCADE"),
+        primary_key=primary_key,
+        nullable=nullable,
+        index=index,
+    )
+
+
 products = Table(
     "products",
     metadata,
@@ -79,12 +93,7 @@ products = Table(
 datasets = Table(
     "datasets",
     metadata,
-    Column(
-        "product",
-        String(128),
-        ForeignKey("products.name", ondelete="CASCADE"),
-        primary_key=True,
-    ),
+    _product(primary_key=True),
     Column("name", String(128), primary_key=True),
     Column("version", Integer, nullable=False),
     Column("description", Text, nullable=False),
@@ -101,12 +110,7 @@ datasets = Table(
 dataset_versions = Table(
     "dataset_versions",
     metadata,
-    Column(
-        "product",
-        String(128),
-        ForeignKey("products.name", ondelete="CASCADE"),
-        primary_key=True,
-    ),
+    _product(primary_key=True),
     Column("name", String(128), primary_key=True),
     Column("version", Integer, primary_key=True),
     Column("columns", JSON, nullable=False),
@@ -120,12 +124,7 @@ publications = Table(
     "publications",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column(
-        "product",
-        String(128),
-        ForeignKey("products.name", ondelete="CASCADE"),
-        nullable=False,
-    ),
+    _product(nullable=False),
     Column("digest", String(64), nullable=False),
     Column("subject", String(300), nullable=False),
     _when("received_at"),
@@ -139,13 +138,7 @@ search_entries = Table(
     "search_entries",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column(
-        "product",
-        String(128),
-        ForeignKey("products.name", ondelete="CASCADE"),
-        nullable=False,
-        index=True,
-    ),
+    _product(nullable=False, index=True),
     Column("dataset", String(128), nullable=True),
     Column("domain", String(300), nullable=False, index=True),
     Column("owner_email", String(320), nullable=False, index=True),
