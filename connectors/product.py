@@ -30,11 +30,12 @@ from connectors.http_common import (
     shown_url,
 )
 from dataproduct.connector import Connector, IncrementalSpec, LoadState, SourceSpec
-from dataproduct.errors import SourceError, SourceUnavailableError
-from dataproduct.secrets import mask_url
+from dataproduct.errors import DataproductError, SourceError, SourceUnavailableError
+from dataproduct.secrets import SecretResolver, mask_url
 
 ARROW_MEDIA_TYPE = "application/vnd.apache.arrow.stream"
 ERROR_BODY_BYTES = 4096  # how much of an error answer is read for its message
+PROBE_BODY_BYTES = 1 << 20  # a dataset's discovery document larger than this is not read
 
 
 class ProductSpec(SourceSpec):
@@ -200,14 +201,59 @@ class ProductConnector(Connector):
     def _shown_url(self) -> str:
         return shown_url(self.dataset_url())
 
-    def describe(self) -> dict[str, Any]:
-        """Type, mode, upstream dataset URL and version; never the credential."""
+    def probe(self) -> str | None:
+        """The upstream dataset's last run and versions, from its discovery port.
+
+        None when discovery does not answer with them: the poll then pulls, and the pull
+        reports what is wrong.
+        """
         spec = self.product_spec
-        found = {**super().describe(), "url": mask_url(spec.url), "dataset": spec.dataset}
+        url = self.secret(
+            f"{spec.url.rstrip('/')}/discovery/datasets/{quote(spec.dataset, safe='')}"
+        )
+        headers = {"Accept": "application/json", **self.credential_headers()}
+        try:
+            with (
+                same_origin_client(url, timeout_s=spec.timeout_s, where=self.where) as client,
+                client.stream("GET", url, headers=headers) as response,
+            ):
+                body = b""
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    if len(body) > PROBE_BODY_BYTES:
+                        return None
+                if response.status_code != 200:
+                    return None
+            document = json.loads(body)
+        except (httpx.HTTPError, ValueError, SourceError):
+            return None
+        if not isinstance(document, dict) or "run_id" not in document:
+            return None
+        versions = document.get("versions") or []
+        marks = [(v.get("version"), v.get("updated_at")) for v in versions if isinstance(v, dict)]
+        return json.dumps([document["run_id"], marks], default=str)
+
+    def describe(self) -> dict[str, Any]:
+        """Type, mode, upstream dataset URL and version; never the credential.
+
+        The URL is shown with its `${env:...}` references read (a mesh sets the upstream's
+        address that way) and its user and query masked, so a marketplace can link products.
+        """
+        spec = self.product_spec
+        found = {**super().describe(), "url": _shown_address(spec.url), "dataset": spec.dataset}
         if spec.version is not None:
             found["version"] = spec.version
         found["auth"] = "token" if spec.token else "api_key" if spec.api_key else "none"
         return found
+
+
+def _shown_address(url: str) -> str:
+    """The URL with its references read by a resolver of its own (so nothing read here is
+    scrubbed from the source's errors), masked; as written when a reference is missing."""
+    try:
+        return mask_url(SecretResolver("describe").resolve(url))
+    except DataproductError:
+        return mask_url(url)
 
 
 def watermark_text(value: Any) -> str:

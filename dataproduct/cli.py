@@ -1,4 +1,5 @@
-"""The `dataproduct` command: serve, init, validate, token, apikey, gateway-config."""
+"""The `dataproduct` command: serve, init, validate, token, apikey, gateway-config, marketplace,
+mesh."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from dataproduct.descriptor import ProductDescriptor, load_descriptor
 from dataproduct.errors import DataproductError
 from dataproduct.gateway import add_gateway_command
 from dataproduct.marketplace.cli import add_marketplace_command
+from dataproduct.mesh_cli import add_mesh_command
 from dataproduct.security import PORT_SCOPES, SCOPES, issue_token
 from dataproduct.settings import MIN_SECRET_LENGTH, DataproductSettings, get_settings
 
@@ -80,17 +82,23 @@ def _parser() -> argparse.ArgumentParser:
     add_apikey_command(commands)
     add_gateway_command(commands)
     add_marketplace_command(commands)
+    add_mesh_command(commands)
     return parser
 
 
 def _serve(args: argparse.Namespace) -> int:
+    return serve_product(args.dir or example_dir(), args.host, args.port)
+
+
+def serve_product(product_dir: Path, host: str | None, port: int | None) -> int:
+    """Serve a product folder until stopped (SIGTERM is a clean stop)."""
     import uvicorn
 
     from pipelines.runtime import ProductRuntime
     from ports.app import create_app
 
     settings = get_settings()
-    updates = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    updates = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
     settings = settings.model_copy(update=updates)
     # production with OIDC may run without a secret; only local mode makes a session one
     generated = not settings.require_secret() and settings.env == "local"
@@ -99,7 +107,7 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    product_dir = args.dir or example_dir()
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per upstream request
     runtime = ProductRuntime.open(product_dir, settings)
     if generated:
         _print_session_tokens(settings, runtime.descriptor)

@@ -70,6 +70,8 @@ class SourceSpec(BaseModel):
     to a column the dictionary does not declare: `add` it, `ignore` (drop) it, or `refuse`
     the load. `retries` is how often a transient fault (a source that is down) is retried,
     with exponential backoff; `trigger_run` starts a pipeline run after each load.
+    `poll_s` pulls the source every so many seconds (when its connector can tell, only
+    after the source changed).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -80,6 +82,7 @@ class SourceSpec(BaseModel):
     new_columns: NewColumnPolicy = "add"
     retries: int = Field(default=3, ge=0, le=10)
     trigger_run: bool = False
+    poll_s: float | None = Field(default=None, ge=1)
 
     @field_validator("columns")
     @classmethod
@@ -138,9 +141,18 @@ class Connector(ABC):
         """A spec value with its `${env:...}` and `${file:...}` references read."""
         return self.secrets.resolve(value)
 
+    def probe(self) -> str | None:
+        """A marker of the source's current state, if the connector can tell it cheaply.
+
+        A poll pulls only when the marker changed; None means "cannot tell": pull.
+        """
+        return None
+
     def describe(self) -> dict[str, Any]:
         """What discovery may show of this source (never credentials)."""
         found: dict[str, Any] = {"type": self.spec.type, "mode": self.spec.mode}
+        if self.spec.poll_s is not None:
+            found["poll_s"] = self.spec.poll_s
         if self.incremental:
             found["incremental"] = self.incremental.model_dump()
         if self.spec.columns:

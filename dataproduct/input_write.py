@@ -21,6 +21,18 @@ _STAGED = "__dataproduct_ingest_staged"
 _SHAPE = "__dataproduct_ingest_shape"
 
 
+def create_declared(
+    cursor: duckdb.DuckDBPyConnection, source: str, declared: Mapping[str, ColumnSpec]
+) -> None:
+    """An empty `input.<source>` with the declared columns, unless the table exists."""
+    table = exp.table_(source, db="input", quoted=True)
+    columns = ", ".join(
+        f"{exp.to_identifier(name, quoted=True).sql('duckdb')} {spec.type}"
+        for name, spec in declared.items()
+    )
+    cursor.execute(f"CREATE TABLE IF NOT EXISTS {table.sql('duckdb')} ({columns})")
+
+
 def write_input(
     cursor: duckdb.DuckDBPyConnection,
     source: str,

@@ -37,6 +37,7 @@ from pipelines.lineage import lineage_document
 from pipelines.model import Pipeline
 from pipelines.openlineage import OpenLineageEmitter
 from pipelines.planner import Plan, plan_pipeline
+from pipelines.polling import SourcePoller
 from pipelines.preview import predicted_schemas
 from pipelines.publication import publication
 from pipelines.run_requests import RunRequests
@@ -89,6 +90,7 @@ class ProductRuntime:
         )
         with storage.transaction() as cursor:
             create_meta_tables(cursor)
+        self.sources.create_declared_tables()
         self.access = AccessControl(descriptor, storage, settings)
         self.results = ResultCache(settings.result_cache_bytes)
         self.emitter = OpenLineageEmitter(
@@ -119,6 +121,9 @@ class ProductRuntime:
         self.readiness = Readiness()
         self.run_requests = RunRequests(
             lambda trigger: self.start_run("source", trigger=trigger), self.runs.active
+        )
+        self.poller = SourcePoller(
+            self.connectors, lambda name: self.sources.pull(name, principal="poll")
         )
         self.scheduler = (
             Scheduler(Cron.parse(descriptor.schedule), self.refresh)
@@ -153,6 +158,7 @@ class ProductRuntime:
             self.publisher.stop()
         if self.scheduler is not None:
             self.scheduler.stop()
+        self.poller.stop()
         self.run_requests.stop()
         active = self.runs.active()
         if active is not None:
@@ -340,6 +346,7 @@ class ProductRuntime:
             self.readiness.ready.set()
             if self.scheduler is not None:
                 self.scheduler.start()
+            self.poller.start()
             self.messages.start()
             if self.publisher is not None:
                 self.publisher.start()

@@ -31,6 +31,7 @@ from dataproduct.ingest import (
     load_stream,
 )
 from dataproduct.input_schema import InputRules
+from dataproduct.input_write import create_declared
 from dataproduct.storage import Storage
 from dataproduct.watermark import LoadMeter
 
@@ -59,6 +60,14 @@ class SourceLoader:
         self._lock = threading.Lock()
         # one pull of a source at a time: two would read from the same watermark
         self._pulling = {name: threading.Lock() for name in connectors}
+
+    def create_declared_tables(self) -> None:
+        """An empty `input.<source>` for each pushed source that declares its columns and
+        has none yet, so the pipeline can read it before the first push."""
+        with self.storage.transaction() as cursor:
+            for name, connector in self.connectors.items():
+                if not connector.pulls and connector.spec.columns:
+                    create_declared(cursor, name, connector.spec.columns)
 
     def source(self, name: str) -> Connector:
         """A declared source, or NotFoundError."""

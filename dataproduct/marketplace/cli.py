@@ -23,6 +23,11 @@ def add_marketplace_command(commands: argparse._SubParsersAction[argparse.Argume
 
 
 def _serve(args: argparse.Namespace) -> int:
+    return serve_marketplace(args.host, args.port, args.database_url)
+
+
+def serve_marketplace(host: str | None, port: int | None, database_url: str | None) -> int:
+    """Serve the marketplace until stopped; unset arguments come from the settings."""
     import uvicorn
 
     from dataproduct.marketplace.settings import MarketplaceSettings
@@ -33,7 +38,7 @@ def _serve(args: argparse.Namespace) -> int:
     updates = {
         key: value
         for key, value in (
-            ("host", args.host), ("port", args.port), ("database_url", args.database_url),
+            ("host", host), ("port", port), ("database_url", database_url),
         )
         if value is not None
     }  # fmt: skip

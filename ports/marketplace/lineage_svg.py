@@ -45,11 +45,17 @@ class Graph:
     edges: list[tuple[str, str]] = field(default_factory=list)
 
 
+def reads_from(source_url: str, product_url: str) -> bool:
+    """Whether a `product` source's URL is the product at `product_url` (or inside it)."""
+    base = product_url.rstrip("/")
+    return bool(base) and (source_url.rstrip("/") == base or source_url.startswith(base + "/"))
+
+
 def upstream_product(source: dict[str, Any], products_by_url: dict[str, str]) -> str | None:
     """The marketplace product a `product` source reads, matched by its URL prefix."""
     url = str(source.get("url", ""))
     for prefix, name in sorted(products_by_url.items(), key=lambda item: -len(item[0])):
-        if prefix and url.startswith(prefix.rstrip("/") + "/"):
+        if reads_from(url, prefix):
             return name
     return None
 

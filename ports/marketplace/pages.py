@@ -20,7 +20,7 @@ from dataproduct.marketplace.search import SearchFilters, Viewer, search
 from dataproduct.marketplace.settings import MarketplaceSettings
 from dataproduct.marketplace.store import MarketplaceStore
 from ports.marketplace import access_pages, signin
-from ports.marketplace.lineage_svg import build_graph, lineage_svg
+from ports.marketplace.lineage_svg import build_graph, lineage_svg, reads_from
 from ports.marketplace.page_parts import (
     columns_table,
     dataset_link,
@@ -263,7 +263,7 @@ def mesh(
             if not isinstance(source, dict) or source.get("type") != "product":
                 continue
             url, read = str(source.get("url", "")), str(source.get("dataset", ""))
-            if own_url and url.startswith(own_url.rstrip("/") + "/") and read == dataset:
+            if own_url and reads_from(url, own_url) and read == dataset:
                 readers.append((reader, read))
     return by_url, readers
 
