@@ -127,6 +127,8 @@ class MeshSupervisor:
         for child in self.children:
             self._launch(child, environment)
             if not self._wait_ready(child):
+                if self._stop.is_set():  # a signal arrived while starting
+                    return
                 self.stop()
                 raise ConfigurationError(
                     f"{child.name} did not become ready in {READY_TIMEOUT_S:.0f} s; "
@@ -198,8 +200,7 @@ class MeshSupervisor:
         try:
             self.start()
             print(self.summary(self.write_admin_token()), flush=True)
-            self._stop.clear()
-            self._stop.wait()  # woken by a signal
+            self.watch()  # until a signal
         finally:
             self.stop()
         print("mesh: stopped", flush=True)

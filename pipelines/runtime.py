@@ -176,12 +176,20 @@ class ProductRuntime:
         return self.sources.source(name)
 
     def ingest(
-        self, name: str | None, principal: str, *, full_refresh: bool = False
+        self,
+        name: str | None,
+        principal: str,
+        *,
+        full_refresh: bool = False,
+        triggers: bool = True,
     ) -> list[Ingestion]:
-        """Pull one source, or every pulling source, into the input layer."""
+        """Pull one source, or every pulling source, into the input layer.
+
+        Without `triggers`, sources do not start runs: the caller runs once all are in.
+        """
         if name is None:
-            return self.sources.pull_all(principal)
-        return [self.sources.pull(name, principal, full_refresh=full_refresh)]
+            return self.sources.pull_all(principal, triggers=triggers)
+        return [self.sources.pull(name, principal, full_refresh=full_refresh, triggers=triggers)]
 
     def source_documents(self) -> dict[str, dict[str, Any]]:
         """What discovery shows of each source: its settings (never credentials) and when
@@ -330,7 +338,7 @@ class ProductRuntime:
         """Ingest every pulling source and run the pipeline; then the product is ready."""
         try:
             if self.settings.ingest_on_start:
-                self.ingest(None, principal="startup")
+                self.ingest(None, principal="startup", triggers=False)
                 current = self.pipeline()
                 if current is not None and current.pipeline.models:
                     run = self.start_run("startup", trigger="startup")
@@ -353,7 +361,7 @@ class ProductRuntime:
 
     def refresh(self, principal: str = "scheduler") -> Run:
         """Pull every pulling source, then run the pipeline (what a schedule does)."""
-        self.ingest(None, principal)
+        self.ingest(None, principal, triggers=False)
         return self.start_run(principal, trigger="schedule")
 
     def require_ready(self) -> None:

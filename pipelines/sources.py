@@ -79,8 +79,14 @@ class SourceLoader:
                 where=f"sources/{name}",
             ) from None
 
-    def pull(self, name: str, principal: str, *, full_refresh: bool = False) -> Ingestion:
-        """Pull one source; an incremental one reads past its watermark unless `full_refresh`."""
+    def pull(
+        self, name: str, principal: str, *, full_refresh: bool = False, triggers: bool = True
+    ) -> Ingestion:
+        """Pull one source; an incremental one reads past its watermark unless `full_refresh`.
+
+        Without `triggers`, a source's `trigger_run` is ignored: the caller runs the pipeline
+        itself once every source is in.
+        """
         connector = self.source(name)
         if not connector.pulls:
             raise ConflictError(
@@ -102,9 +108,10 @@ class SourceLoader:
                 mode=mode,
                 unique_key=tuple(incremental.unique_key) if append and incremental else (),
                 watermark=mark,
+                triggers=triggers,
             )
 
-    def pull_all(self, principal: str) -> list[Ingestion]:
+    def pull_all(self, principal: str, *, triggers: bool = True) -> list[Ingestion]:
         """Pull every pulling source; the first failure is raised after all were tried."""
         done: list[Ingestion] = []
         failures: list[DataproductError] = []
@@ -112,7 +119,7 @@ class SourceLoader:
             if not connector.pulls:
                 continue
             try:
-                done.append(self.pull(name, principal))
+                done.append(self.pull(name, principal, triggers=triggers))
             except DataproductError as error:
                 log.error("ingest %s: %s", name, error.message)
                 failures.append(error)
@@ -178,8 +185,13 @@ class SourceLoader:
         before_commit: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
         redact: Callable[[DataproductError], None] | None = None,
         run: bool = False,
+        triggers: bool = True,
     ) -> Ingestion:
-        """Load a stream into `input.<name>` with the source's rules; see the module doc."""
+        """Load a stream into `input.<name>` with the source's rules; see the module doc.
+
+        `run` asks for a pipeline run after the load; so does the source's `trigger_run`
+        unless `triggers` is off.
+        """
         connector = self.source(name)
         spec = connector.spec
         incremental = connector.incremental
@@ -217,7 +229,7 @@ class SourceLoader:
         finally:
             with self._lock:
                 del self._active[key]
-        if not ingestion.replayed and (run or spec.trigger_run):
+        if not ingestion.replayed and (run or (triggers and spec.trigger_run)):
             self.request_run(f"load:{name}")
         return ingestion
 

@@ -180,7 +180,7 @@ def start_run(request: Request, principal: Admin, body: RunBody | None = None) -
     runtime = runtime_of(request)
     body = body or RunBody()
     if body.ingest:
-        runtime.ingest(None, principal.subject)
+        runtime.ingest(None, principal.subject, triggers=False)
     run = runtime.start_run(
         principal.subject,
         models=body.models,

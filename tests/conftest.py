@@ -17,6 +17,9 @@ from dataproduct.settings import DataproductSettings
 from pipelines.runtime import ProductRuntime
 from ports.app import create_app
 
+# fixtures shared by several folders of tests
+pytest_plugins = ["tests.nginx_install", "tests.browser"]
+
 SECRET = "test-secret-that-is-long-enough-0123456789"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 

@@ -23,15 +23,10 @@ from dataproduct.settings import DataproductSettings
 from pipelines.runtime import ProductRuntime
 from ports.app import create_app
 from ports.marketplace.app import create_marketplace_app
-from tests.conftest import SECRET, skip_or_fail
+from tests.conftest import SECRET
 from tests.marketplace.oidc_issuer import TestIssuer, serve_issuer
 from tests.server.conftest import free_port, serve_in_thread
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
 ARTIFACTS = Path(__file__).resolve().parents[2] / "build" / "test-artifacts" / "marketplace"
 CLIENT_ID = "dataproduct-marketplace"
 OWNER = "ana.silva@example.com"
@@ -100,23 +95,6 @@ def mesh(tmp_path: Path, example_product: Path) -> Iterator[tuple[str, str, Test
             finally:
                 runtime.close()
         store.close()
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    """Debian's Chromium, headless, through Playwright."""
-    if not CHROMIUM.exists():
-        skip_or_fail("Chromium is not installed at /usr/bin/chromium")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        skip_or_fail("playwright is not installed")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
 
 
 def sign_in(page: Any, marketplace: str, path: str, user: str, groups: str = "") -> None:

@@ -7,15 +7,12 @@ listens on 127.0.0.1.
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import shutil
 import signal
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,17 +24,11 @@ import pytest
 from dataproduct.cli import example_dir
 from dataproduct.gateway import GatewayRoute, render_nginx
 from dataproduct.security import issue_token
-from tests.conftest import SECRET, skip_or_fail
+from tests.conftest import SECRET
 from tests.server.conftest import Launcher, Server, free_port
 
 pytestmark = pytest.mark.server
 
-NGINX_PACKAGES = ("nginx", "nginx-light")  # bookworm: `nginx` is the server itself
-NGINX_SEARCH_PATH = "/usr/sbin:/usr/local/sbin:/sbin"
-INSTALL_LOCK = Path("/tmp/dataproduct-nginx-install.lock")
-POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
-DEBIAN_PID_FILE = Path("/run/nginx.pid")
-APT_TIMEOUT_S = 900
 READY_TIMEOUT_S = 30.0
 
 EU, US = "sales/eu/sales-eu/v1", "sales/us/sales-us/v1"
@@ -46,85 +37,6 @@ NOT_FOUND = {
 }
 RETURNS_CSV = b"order_id,reason\n100001,damaged\n"
 MAX_BODY, MAX_BODY_BYTES = "8m", 8 * 1024 * 1024
-
-
-# --- nginx: found or installed ----------------------------------------------------------
-
-
-def nginx_binary() -> str | None:
-    """The nginx executable, if any: PATH first, then the sbin folders (the one lookup)."""
-    path = os.pathsep.join(filter(None, (os.environ.get("PATH"), NGINX_SEARCH_PATH)))
-    return shutil.which("nginx", path=path)
-
-
-@contextmanager
-def _services_kept_down() -> Iterator[None]:
-    """Keep package scripts from starting services; stop an nginx the install started anyway."""
-    had_pid_file = DEBIAN_PID_FILE.exists()
-    created_policy = not POLICY_RC_D.exists()
-    if created_policy:
-        POLICY_RC_D.write_text("#!/bin/sh\n# dataproduct tests: start no service\nexit 101\n")
-        POLICY_RC_D.chmod(0o755)
-    try:
-        yield
-    finally:
-        if created_policy:
-            POLICY_RC_D.unlink(missing_ok=True)
-        if not had_pid_file and DEBIAN_PID_FILE.exists():
-            _stop_debian_nginx()
-
-
-def _stop_debian_nginx() -> None:
-    """The package's own nginx (default site on port 80) if it was started: stop it."""
-    text = DEBIAN_PID_FILE.read_text().strip()
-    pid = int(text) if text.isdigit() else 0
-    comm = Path(f"/proc/{pid}/comm")
-    if pid and comm.exists() and comm.read_text().strip() == "nginx":
-        os.kill(pid, signal.SIGQUIT)
-
-
-def _apt_get(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    command = ["apt-get", "-o", "DPkg::Lock::Timeout=300", *args]
-    return subprocess.run(
-        command, capture_output=True, text=True, env=env, timeout=APT_TIMEOUT_S, check=False
-    )
-
-
-def _install_nginx() -> str:
-    """apt-get install nginx (then nginx-light): the binary; RuntimeError with apt's errors."""
-    with INSTALL_LOCK.open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel sessions install once
-        found = nginx_binary()
-        if found:
-            return found
-        errors = []
-        with _services_kept_down():
-            for refresh in (False, True):
-                if refresh:
-                    _apt_get("update")
-                for package in NGINX_PACKAGES:
-                    result = _apt_get("install", "-y", "--no-install-recommends", package)
-                    found = nginx_binary()
-                    if result.returncode == 0 and found:
-                        return found
-                    errors.append(f"{package}: {(result.stderr.strip() or 'no nginx')[-500:]}")
-        raise RuntimeError("\n".join(errors))
-
-
-@pytest.fixture(scope="session")
-def nginx() -> str:
-    """The nginx binary, installed from Debian once per session when missing."""
-    found = nginx_binary()
-    if found:
-        return found
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        skip_or_fail("nginx is not installed and cannot be (needs root and apt-get)")
-    try:
-        return _install_nginx()
-    except (RuntimeError, OSError, subprocess.TimeoutExpired) as error:
-        skip_or_fail(f"cannot install nginx: {error}")
-        raise  # unreachable: skip_or_fail raises
 
 
 # --- two products behind one gateway ----------------------------------------------------
