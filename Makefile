@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint typecheck pytest bench image clean
+.PHONY: run mesh test lint typecheck pytest bench image clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || { apt-get install -y python3-venv && $(PYTHON) -m venv $(VENV); }
@@ -26,6 +26,11 @@ $(VENV)/.installed-test: $(VENV)/.installed tests/fixtures/example_connector/pyp
 
 run: $(VENV)/.installed
 	$(BIN)/dataproduct serve
+
+# The example mesh as local processes; the gateway is nginx (from Debian when missing).
+mesh: $(VENV)/.installed
+	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || apt-get install -y -q nginx || { apt-get update -q && apt-get install -y -q nginx; }
+	$(BIN)/dataproduct mesh up deploy/examples
 
 test: lint typecheck pytest
 

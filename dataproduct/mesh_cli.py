@@ -4,6 +4,7 @@
     dataproduct mesh serve DIR PRODUCT      one product, with its mesh settings
     dataproduct mesh marketplace DIR        the mesh's marketplace
     dataproduct mesh gateway DIR            nginx in front of every product
+    dataproduct mesh k8s DIR --out OUT      Kubernetes manifests (see deploy/k8s)
 
 `serve`, `marketplace` and `gateway` are what each container of the compose file runs, and
 what `up` starts as child processes. A product's credential is signed with the mesh's
@@ -27,6 +28,7 @@ from dataproduct.mesh_env import (
     product_environment,
     product_token,
 )
+from dataproduct.mesh_k8s import add_k8s_command
 from dataproduct.nginx import nginx_command
 from dataproduct.settings import get_settings
 
@@ -56,6 +58,8 @@ def add_mesh_command(commands: argparse._SubParsersAction[argparse.ArgumentParse
     gateway.add_argument("--runtime-dir", type=Path, help="nginx's files (DATA_DIR/gateway)")
     gateway.add_argument("--upstream-host", default="127.0.0.1", help="where products listen")
     gateway.set_defaults(handler=_gateway)
+
+    add_k8s_command(actions)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:

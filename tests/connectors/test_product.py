@@ -7,16 +7,12 @@ port's watermark filter (`after_column` / `after`) is tested in-process at the e
 
 from __future__ import annotations
 
-import shutil
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
@@ -27,77 +23,18 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from connectors.product import watermark_text
-from dataproduct.cli import example_dir
-from dataproduct.connector import LoadState, SourceContext, build_connector
-from dataproduct.descriptor import SourceConfig
+from dataproduct.connector import LoadState
 from dataproduct.errors import SourceError, SourceUnavailableError
 from dataproduct.security import issue_token
 from dataproduct.settings import DataproductSettings
 from pipelines.runtime import ProductRuntime
 from tests.api import assert_error, serve, serve_example, wait_for_run
-from tests.conftest import SECRET, TokenFactory
+from tests.conftest import TokenFactory
 from tests.connectors.test_http import assert_refused_elsewhere, serve_in_thread, serve_recorder
-from tests.server.conftest import Launcher, Server, free_port
+from tests.connectors.upstream import ADMIN, READER, Country, connector, pull, refresh
+from tests.server.conftest import free_port
 
 pytestmark = pytest.mark.server
-
-ADMIN = issue_token(SECRET, "admin", ["control:admin", "output:read"])
-READER = issue_token(SECRET, "continental", ["output:read"])
-
-
-@dataclass
-class Country:
-    """The running country product, its folder and an API key it issued."""
-
-    server: Server
-    product_dir: Path
-    api_key: str
-
-    @property
-    def base(self) -> str:
-        return self.server.base
-
-    def arrow(self, dataset: str, **params: str) -> pa.Table:
-        """A dataset as the country product serves it to READER."""
-        response = httpx.get(
-            f"{self.base}/output/datasets/{dataset}",
-            params={"format": "arrow", **params},
-            headers={"Authorization": f"Bearer {READER}"},
-            timeout=30,
-        )
-        assert response.status_code == 200, response.text
-        return pa.ipc.open_stream(response.content).read_all()
-
-
-@pytest.fixture(scope="module")
-def country(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Country]:
-    """The example product served by `dataproduct serve` on a free loopback port."""
-    root = tmp_path_factory.mktemp("country")
-    product = root / "sales-eu"
-    shutil.copytree(example_dir(), product, ignore=shutil.ignore_patterns("__pycache__"))
-    launcher = Launcher(root)
-    try:
-        server = launcher(product, root / "data", secret=SECRET)
-        created = httpx.post(
-            f"{server.base}/control/api-keys",
-            json={"name": "continental", "scopes": ["output:read"]},
-            headers={"Authorization": f"Bearer {ADMIN}"},
-            timeout=30,
-        )
-        assert created.status_code == 201, created.text
-        yield Country(server, product, created.json()["key"])
-    finally:
-        launcher.close()
-
-
-def connector(tmp_path: Path, **options: Any) -> Any:
-    config = SourceConfig.model_validate({"type": "product", **options})
-    return build_connector("sales_de", config, SourceContext(tmp_path, tmp_path / "data"))
-
-
-def pull(tmp_path: Path, state: LoadState | None = None, **options: Any) -> pa.Table:
-    with connector(tmp_path, **options).open_stream(state or LoadState()) as reader:
-        return reader.read_all()
 
 
 def per_country(table: pa.Table) -> dict[str, tuple[int, Decimal]]:
@@ -251,23 +188,6 @@ NEW_DAILY_SALES = [  # C0001 lives in IT
 def rows_of(table: pa.Table) -> list[tuple[Any, ...]]:
     rows = sorted(table.to_pylist(), key=lambda row: row["order_date"])
     return [(r["order_date"], r["country"], r["orders"], r["revenue"]) for r in rows]
-
-
-def refresh(country: Country) -> None:
-    """Ingest and run on the country product, and wait for the run to end."""
-    admin = {"Authorization": f"Bearer {ADMIN}"}
-    answer = httpx.post(f"{country.base}/control/ingest?run=true", headers=admin, timeout=60)
-    assert answer.status_code == 200, answer.text
-    run_id = answer.json()["run"]["id"]
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        state = httpx.get(f"{country.base}/control/runs/{run_id}", headers=admin).json()
-        if state["status"] not in ("queued", "running"):
-            assert state["status"] == "succeeded", state
-            time.sleep(0.2)  # the run reads as ended a moment before its publish commits
-            return
-        time.sleep(0.05)
-    raise AssertionError("the country run did not end")
 
 
 # errors ------------------------------------------------------------------------------------
