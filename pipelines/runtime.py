@@ -131,6 +131,7 @@ class ProductRuntime:
             else None
         )
         self._pipeline_lock = threading.Lock()
+        self._closing = threading.Event()
         self._lineage_cache: tuple[tuple[int, str], dict[str, Any]] | None = None
         sync_descriptor_pipeline(
             storage, Pipeline.from_specs(descriptor.pipeline, descriptor.dialect)
@@ -153,6 +154,7 @@ class ProductRuntime:
 
     def close(self) -> None:
         """Stop the message consumers, the schedule and a running run; close the database."""
+        self._closing.set()
         self.messages.stop()
         if self.publisher is not None:
             self.publisher.stop()
@@ -352,12 +354,17 @@ class ProductRuntime:
             self.readiness.problems.append(error.to_dict()["error"])
         finally:
             self.readiness.ready.set()
-            if self.scheduler is not None:
-                self.scheduler.start()
-            self.poller.start()
-            self.messages.start()
-            if self.publisher is not None:
-                self.publisher.start()
+            if not self._closing.is_set():  # stopped while starting: start nothing more
+                self._start_background()
+
+    def _start_background(self) -> None:
+        """The schedule, the polls, the broker consumers and the publisher."""
+        if self.scheduler is not None:
+            self.scheduler.start()
+        self.poller.start()
+        self.messages.start()
+        if self.publisher is not None:
+            self.publisher.start()
 
     def refresh(self, principal: str = "scheduler") -> Run:
         """Pull every pulling source, then run the pipeline (what a schedule does)."""
