@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
 # Build a small local Debian bookworm base image with Python 3, from Debian
 # packages only (no registry needed): debootstrap a minbase rootfs, trim it,
-# then `docker import` it. Idempotent: does nothing when the tag already exists.
+# then `docker import` it. Idempotent: does nothing when the tag already exists
+# with the current BASE_REVISION (bump it when PACKAGES or the trimming change).
+#
+# The image serves as the build stage of the Dockerfile (binutils strips the
+# wheels' shared objects, pip comes from Debian's wheel) and as the start of the
+# runtime image, which the Dockerfile slims (deploy/docker/slim-rootfs.sh). nginx
+# is there for the mesh's gateway container, which runs this same image.
 #
 # Usage: build-base-image.sh [TAG]      (default: dataproduct-base:bookworm)
 # Env:   BASE_IMAGE (tag, if no argument), DEBIAN_SUITE (bookworm),
@@ -14,7 +20,8 @@ die() { log "ERROR: $*"; exit 1; }
 TAG="${1:-${BASE_IMAGE:-dataproduct-base:bookworm}}"
 SUITE="${DEBIAN_SUITE:-bookworm}"
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
-PACKAGES="python3,python3-venv,ca-certificates,tini"
+PACKAGES="python3,python3-venv,ca-certificates,tini,nginx,binutils"
+BASE_REVISION=2
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 [ "$(id -u)" -eq 0 ] || die "must run as root (debootstrap needs it)"
@@ -26,8 +33,10 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 exec 9>/tmp/dataproduct-base-image.lock
 flock -w 1800 9 || die "timed out waiting for another base image build"
 
-if [ "${REBUILD:-0}" != 1 ] && docker image inspect "$TAG" >/dev/null 2>&1; then
-    log "image $TAG already exists; nothing to do (REBUILD=1 to force)"
+revision="$(docker image inspect --format '{{index .Config.Labels "dataproduct.base-revision"}}' \
+    "$TAG" 2>/dev/null || true)"
+if [ "${REBUILD:-0}" != 1 ] && [ "$revision" = "$BASE_REVISION" ]; then
+    log "image $TAG (revision $BASE_REVISION) already exists; nothing to do (REBUILD=1 to force)"
     exit 0
 fi
 
@@ -89,6 +98,7 @@ tar --numeric-owner --xattrs -C "$ROOTFS" -c . | docker import \
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'ENV LANG=C.UTF-8' \
     --change "LABEL org.opencontainers.image.description=\"Debian $SUITE minbase with python3 (debootstrap)\"" \
+    --change "LABEL dataproduct.base-revision=$BASE_REVISION" \
     --change 'CMD ["/bin/bash"]' \
     - "$TAG" >/dev/null
 

@@ -7,7 +7,9 @@
 # Env:   IMAGE_TAG (tag, if no argument), BASE_IMAGE (dataproduct-base:bookworm),
 #        PYTHON (interpreter whose pip builds the wheels; default: the repo's
 #        .venv, else python3), REFRESH_WHEELS=1 (re-resolve dependencies
-#        from PyPI instead of reusing build/wheels/deps).
+#        from PyPI instead of reusing build/wheels/deps), IMAGE_EXTRAS (the
+#        project's extras the image holds; default: marketplace-postgres, the
+#        marketplace's PostgreSQL driver).
 set -euo pipefail
 
 log() { printf 'build-image: %s\n' "$*" >&2; }
@@ -17,6 +19,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 TAG="${1:-${IMAGE_TAG:-dataproduct:dev}}"
 BASE_IMAGE="${BASE_IMAGE:-dataproduct-base:bookworm}"
+IMAGE_EXTRAS="${IMAGE_EXTRAS-marketplace-postgres}"
 WHEELS="$ROOT/build/wheels"
 if [ -z "${PYTHON:-}" ]; then
     if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python3; fi
@@ -37,9 +40,9 @@ start=$(date +%s)
 
 # 1. Wheels, in two folders so that Docker caches the heavy layer:
 #    build/wheels/app   the project's wheel (reproducible: fixed SOURCE_DATE_EPOCH)
-#    build/wheels/deps  exactly the wheels it needs, resolved offline from the
-#                       previous deps folder when that still satisfies it, else
-#                       from PyPI (REFRESH_WHEELS=1 forces PyPI).
+#    build/wheels/deps  exactly the wheels it needs with IMAGE_EXTRAS, resolved
+#                       offline from the previous deps folder when that still
+#                       satisfies it, else from PyPI (REFRESH_WHEELS=1 forces PyPI).
 #    The project is built from a clean copy, so stale files in the repo's
 #    build/lib (setuptools) never end up in the wheel.
 TMP="$(mktemp -d /var/tmp/dataproduct-wheels.XXXXXX)"
@@ -61,15 +64,16 @@ log "building the project wheel with $("$PYTHON" -m pip --version | cut -d' ' -f
 "$PYTHON" -m pip wheel --quiet --no-deps --wheel-dir "$TMP/app" "$TMP/src"
 app_wheel="$(find "$TMP/app" -name 'dataproduct-*.whl' | head -n 1)"
 [ -n "$app_wheel" ] || die "no dataproduct wheel was built"
+requirement="$app_wheel${IMAGE_EXTRAS:+[$IMAGE_EXTRAS]}"
 
 if [ "${REFRESH_WHEELS:-0}" != 1 ] && [ -d "$WHEELS/deps" ] \
     && "$PYTHON" -m pip wheel --quiet --no-index --find-links "$WHEELS/deps" \
-        --wheel-dir "$TMP/deps" "$app_wheel" 2>/dev/null; then
+        --wheel-dir "$TMP/deps" "$requirement" 2>/dev/null; then
     log "dependency wheels: reused from $WHEELS/deps"
 else
     rm -rf "$TMP/deps" && mkdir "$TMP/deps"
     log "dependency wheels: resolving from the package index"
-    "$PYTHON" -m pip wheel --quiet --wheel-dir "$TMP/deps" "$app_wheel"
+    "$PYTHON" -m pip wheel --quiet --wheel-dir "$TMP/deps" "$requirement"
 fi
 rm -f "$TMP"/deps/dataproduct-*.whl
 rm -rf "$WHEELS"
@@ -83,8 +87,15 @@ if ! docker buildx version >/dev/null 2>&1; then
     export DOCKER_BUILDKIT=0
 fi
 log "docker build $TAG from $BASE_IMAGE"
+previous="$(docker image inspect --format '{{.Id}}' "$TAG" 2>/dev/null || true)"
 docker build --network host --build-arg BASE_IMAGE="$BASE_IMAGE" \
     -t "$TAG" -f "$ROOT/Dockerfile" "$ROOT"
+
+# The image is one flattened layer: drop the one this build replaced (kept while a
+# container still uses it).
+if [ -n "$previous" ] && [ "$previous" != "$(docker image inspect --format '{{.Id}}' "$TAG")" ]; then
+    docker image rm "$previous" >/dev/null 2>&1 || true
+fi
 
 end=$(date +%s)
 size=$(docker image inspect --format '{{.Size}}' "$TAG")
