@@ -4,6 +4,7 @@
     dataproduct mesh serve DIR PRODUCT      one product, with its mesh settings
     dataproduct mesh marketplace DIR        the mesh's marketplace
     dataproduct mesh gateway DIR            nginx in front of every product
+    dataproduct mesh compose DIR --out F    a compose file (see deploy/compose)
     dataproduct mesh k8s DIR --out OUT      Kubernetes manifests (see deploy/k8s)
 
 `serve`, `marketplace` and `gateway` are what each container of the compose file runs, and
@@ -21,6 +22,7 @@ from pathlib import Path
 from dataproduct.errors import ConfigurationError
 from dataproduct.gateway import render_nginx
 from dataproduct.mesh import CREDENTIAL_VARIABLE, Mesh, load_mesh
+from dataproduct.mesh_compose import add_compose_command
 from dataproduct.mesh_env import (
     MeshPlaces,
     marketplace_environment,
@@ -60,6 +62,7 @@ def add_mesh_command(commands: argparse._SubParsersAction[argparse.ArgumentParse
     gateway.set_defaults(handler=_gateway)
 
     add_k8s_command(actions)
+    add_compose_command(actions)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
