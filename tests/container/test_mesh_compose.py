@@ -33,7 +33,7 @@ from tests.container.test_container import (
     image,  # noqa: F401 (the fixture that builds the image)
     report,
 )
-from tests.mesh.test_mesh_up import NEW_ORDER, _copy_with_free_ports, until
+from tests.mesh.test_mesh_up import NEW_ORDER, copy_with_free_ports, until
 
 pytestmark = pytest.mark.container
 
@@ -109,7 +109,7 @@ def mesh(
 ) -> Iterator[ComposedMesh]:
     """The example mesh on free ports, once every container is healthy."""
     work = tmp_path_factory.mktemp("compose")
-    mesh_dir = _copy_with_free_ports(work / "examples")
+    mesh_dir = copy_with_free_ports(work / "examples")
     loaded = load_mesh(mesh_dir)
     compose_file = work / "compose.yaml"
     compose_file.write_text(render_compose(loaded, image=image, mesh_path=str(mesh_dir)))

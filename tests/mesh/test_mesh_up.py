@@ -88,7 +88,7 @@ def until(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
     raise AssertionError(f"{what}: not within {timeout_s:.0f} s")
 
 
-def _copy_with_free_ports(target: Path) -> Path:
+def copy_with_free_ports(target: Path) -> Path:
     shutil.copytree(EXAMPLE, target)
     spec = yaml.safe_load((target / "mesh.yaml").read_text())
     spec["gateway"]["port"] = free_port()
@@ -103,7 +103,7 @@ def _copy_with_free_ports(target: Path) -> Path:
 def mesh(nginx: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
     """The example mesh up, until every product is ready behind the gateway."""
     work = tmp_path_factory.mktemp("mesh")
-    mesh_dir = _copy_with_free_ports(work / "examples")
+    mesh_dir = copy_with_free_ports(work / "examples")
     loaded = load_mesh(mesh_dir)
     state = work / "state"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATAPRODUCT_", "MESH_"))}
