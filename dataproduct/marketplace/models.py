@@ -1,8 +1,8 @@
 """The marketplace's tables (SQLAlchemy Core), shared by the store, search and migrations.
 
 The search index has one part per dialect that lives outside this metadata (an FTS5 table
-over `search_texts` on SQLite; on PostgreSQL `search_documents`: per entry one weighted
-`document` tsvector, matched through a GIN index and ranked); migrations create it and
+over `search_texts` on SQLite; on PostgreSQL `search_documents`: per entry a `document` of
+lexemes stored out of line under a GIN index, see `search_pg`); migrations create it and
 `DIALECT_SEARCH_OBJECTS` names it so schema comparisons leave it aside.
 """
 

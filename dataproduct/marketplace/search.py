@@ -1,38 +1,35 @@
 """Full-text search over the marketplace, ranked, filtered, paginated and visibility-aware.
 
 Each product and each dataset is one narrow entry of `search_entries` (what a hit shows and
-what the filters test) with four weighted texts in `search_texts`: names (heaviest), tags,
-descriptions, then column names and descriptions. Both dialects match every query word as
-a prefix, rank on the index alone and read entries only for the page:
+what the filters test) with four texts in `search_texts`: names (ranked highest), tags,
+descriptions, then column names and descriptions (written by `search_index`). Both
+dialects match every query word as a prefix and read entries only for the page:
 
 - SQLite: FTS5 (external content `search_texts`, prefix indexes) ranks by bm25 with column
   weights; the filters are sets of ids, so the ranking never reads an entry. Ties are
   broken by product and dataset name among the rows at or above the page's last score.
-- PostgreSQL: `search_documents` holds per entry one weighted `tsvector` (names A, tags
-  B, descriptions C, columns D, each word once per text) that the GIN index matches and
-  `ts_rank` reads (one vector, not two: a broad query reads every match's row). Ties
-  are broken as on SQLite.
+- PostgreSQL (`search_pg`): one GIN-indexed document per entry answers the words, where
+  they were found, the filters and the visibility rule; hits come by the place of their
+  weakest word (names, tags, descriptions, columns), then by product and dataset name.
 
 Snippets are cut (in Python, the same on both) from the texts of the page's hits only.
-The index is rebuilt for a product inside the transaction that stores its publication.
+An empty query lists the entries the filters let through, by name, on both alike.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import (
     Connection,
+    Row,
     Select,
     String,
     TextClause,
     bindparam,
     column,
-    delete,
-    insert,
     select,
     text,
 )
@@ -40,8 +37,10 @@ from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.sql.selectable import TextualSelect
 
 from dataproduct.errors import BadRequestError
+from dataproduct.marketplace import search_pg
 from dataproduct.marketplace.models import search_entries, search_facets, search_texts
-from dataproduct.marketplace.publication import DatasetDocument, Publication
+from dataproduct.marketplace.search_index import TEXT_FIELDS, words
+from dataproduct.marketplace.search_index import index_product as index_product
 
 if TYPE_CHECKING:
     from dataproduct.marketplace.store import MarketplaceStore
@@ -49,17 +48,8 @@ if TYPE_CHECKING:
 MAX_LIMIT = 100
 MAX_TERMS = 12
 SNIPPET_OPEN, SNIPPET_CLOSE = "[", "]"
-# bm25 weights of names, tags, descriptions, columns (SQLite) ...
+# bm25 weights of names, tags, descriptions, columns (SQLite).
 FTS_WEIGHTS = (10.0, 5.0, 2.0, 1.0)
-# ... and ts_rank weights of D (columns), C (descriptions), B (tags), A (names) (PostgreSQL).
-TS_WEIGHTS = "{0.05, 0.2, 0.5, 1.0}"
-TS_RANKING = (
-    "setweight(to_tsvector('simple', :names), 'A') || "
-    "setweight(to_tsvector('simple', :tags), 'B') || "
-    "setweight(to_tsvector('simple', :descriptions), 'C') || "
-    "setweight(to_tsvector('simple', :columns), 'D')"
-)
-TEXT_FIELDS = ("names", "tags", "descriptions", "columns")
 EXPANDING = ("viewer_groups", "hidden")
 
 
@@ -107,14 +97,9 @@ class SearchResults:
     offset: int = 0
 
 
-def words(text_value: str) -> str:
-    """Lower-case words of `text_value`, split on punctuation and underscores."""
-    return " ".join(re.findall(r"[^\W_]+", text_value.lower()))
-
-
 def query_terms(query: str) -> list[str]:
     """The words of a user's query that the index can match (at most `MAX_TERMS`)."""
-    return [term[:64] for term in words(query).split()][:MAX_TERMS]
+    return [term[: search_pg.MAX_WORD] for term in words(query).split()][:MAX_TERMS]
 
 
 def hidden_products_sql(viewer: Viewer) -> tuple[str, dict[str, Any]]:
@@ -170,28 +155,17 @@ def search(
     if offset < 0:
         raise BadRequestError("offset must not be negative", where="offset")
     terms = query_terms(query)
-    sqlite = store.dialect == "sqlite"
-    # unary + keeps SQLite from driving FTS5 by these ids (one MATCH per id): they filter
-    id_column = "e.id" if not terms else "+search_fts.rowid" if sqlite else "d.entry_id"
     with store.engine.connect() as connection:
-        hidden = _hidden_names(connection, viewer)
-        clauses, params = _filter_clauses(
-            filters or SearchFilters(), hidden, id_column, sqlite, viewer
-        )
-        params.update(limit=limit, offset=offset, last=offset + limit - 1)
-        if not terms:
-            sql_count, sql_page = _browse_sql(clauses)
-        elif sqlite:
-            params["match"] = " ".join(f'"{term}"*' for term in terms)
-            sql_count, sql_page = _fts5_sql(clauses)
+        if terms and store.dialect != "sqlite":
+            # one snapshot for the counts and the page
+            connection.execution_options(isolation_level="REPEATABLE READ")
+            total, rows = search_pg.ranked_page(
+                connection, terms, filters or SearchFilters(), viewer, limit, offset
+            )
         else:
-            params["match"] = " & ".join(f"{term}:*" for term in terms)
-            sql_count, sql_page = _tsquery_sql(clauses)
-        rows = connection.execute(statement(sql_page, params), params).all()
-        if rows:
-            total = int(rows[0].total)
-        else:
-            total = connection.execute(statement(sql_count, params), params).scalar_one()
+            total, rows = _listed_or_matched(
+                connection, terms, filters or SearchFilters(), viewer, limit, offset
+            )
         snippets = _snippets(connection, [r.id for r in rows], terms)
     hits = [
         SearchHit(
@@ -206,6 +180,32 @@ def search(
         for r in rows
     ]
     return SearchResults(total=total, hits=hits, limit=limit, offset=offset)
+
+
+def _listed_or_matched(
+    connection: Connection,
+    terms: list[str],
+    filters: SearchFilters,
+    viewer: Viewer | None,
+    limit: int,
+    offset: int,
+) -> tuple[int, list[Row[Any]]]:
+    """The total and the page of an empty query (both dialects) or of FTS5 (SQLite)."""
+    sqlite = connection.dialect.name == "sqlite"
+    # unary + keeps SQLite from driving FTS5 by these ids (one MATCH per id): they filter
+    id_column = "+search_fts.rowid" if terms else "e.id"
+    hidden = _hidden_names(connection, viewer)
+    clauses, params = _filter_clauses(filters, hidden, id_column, sqlite, viewer)
+    params.update(limit=limit, offset=offset, last=offset + limit - 1)
+    if terms:
+        params["match"] = " ".join(f'"{term}"*' for term in terms)
+        sql_count, sql_page = _fts5_sql(clauses)
+    else:
+        sql_count, sql_page = _browse_sql(clauses)
+    rows = list(connection.execute(statement(sql_page, params), params))
+    if rows:
+        return int(rows[0].total), rows
+    return int(connection.execute(statement(sql_count, params), params).scalar_one()), rows
 
 
 MAX_HIDDEN_LISTED = 5000
@@ -324,26 +324,6 @@ def _fts5_sql(clauses: list[str]) -> tuple[str, str]:
     return f"SELECT count(*) FROM ({matches})", page
 
 
-def _tsquery_sql(clauses: list[str]) -> tuple[str, str]:
-    """ts_rank on the weighted vector of each match (found by the GIN index); entries
-    are read only for the rows at or above the page's last score."""
-    matches = (
-        f"SELECT d.entry_id AS id, ts_rank('{TS_WEIGHTS}', d.document, q) AS score "
-        "FROM search_documents d, to_tsquery('simple', :match) q "
-        f"WHERE d.document @@ q{_and(clauses)}"
-    )
-    page = (
-        f"WITH matches AS MATERIALIZED ({matches}), "
-        "cut AS (SELECT score FROM matches ORDER BY score DESC LIMIT 1 OFFSET :last) "
-        f"SELECT {COLUMNS}, m.score, (SELECT count(*) FROM matches) AS total "
-        "FROM matches m JOIN search_entries e ON e.id = m.id "
-        "WHERE m.score >= coalesce((SELECT score FROM cut), -1) "
-        "ORDER BY m.score DESC, e.product, e.dataset IS NOT NULL, e.dataset "
-        "LIMIT :limit OFFSET :offset"
-    )
-    return f"SELECT count(*) FROM ({matches}) counted", page
-
-
 def _snippets(connection: Connection, ids: list[int], terms: list[str]) -> dict[int, str]:
     """The highlighted passage of each hit of the page, by entry id (texts read by key)."""
     if not ids or not terms:
@@ -393,121 +373,3 @@ def products_with_facet(kind: str, value: str) -> Select[tuple[str]]:
             search_facets.c.value == value.strip().lower(),
         )
     )
-
-
-def index_product(connection: Connection, publication: Publication) -> None:
-    """Replace the product's entries in the index, in the caller's transaction."""
-    product = publication.product.name
-    sqlite = connection.dialect.name == "sqlite"
-    own_entries = "SELECT id FROM search_entries WHERE product = :product"
-    if sqlite:  # an external-content FTS5 table is told the old texts it forgets
-        connection.execute(
-            text(
-                "INSERT INTO search_fts (search_fts, rowid, names, tags, descriptions, columns) "
-                "SELECT 'delete', entry_id, names, tags, descriptions, columns "
-                f"FROM search_texts WHERE entry_id IN ({own_entries})"
-            ),
-            {"product": product},
-        )
-    connection.execute(delete(search_entries).where(search_entries.c.product == product))
-    entries = [_product_entry(publication)] + [
-        _dataset_entry(publication, d) for d in publication.datasets.values()
-    ]
-    ids = (
-        connection.execute(
-            insert(search_entries).returning(search_entries.c.id, sort_by_parameter_order=True),
-            [entry for entry, _, _ in entries],
-        )
-        .scalars()
-        .all()
-    )
-    texts = [
-        {"entry_id": entry_id, **entry_texts}
-        for entry_id, (_, entry_texts, _) in zip(ids, entries, strict=True)
-    ]
-    connection.execute(insert(search_texts), texts)
-    facets = [
-        {"entry_id": entry_id, "kind": kind, "value": value}
-        for entry_id, (_, _, entry_facets) in zip(ids, entries, strict=True)
-        for kind, value in sorted(entry_facets)
-    ]
-    if facets:
-        connection.execute(insert(search_facets), facets)
-    if sqlite:
-        connection.execute(
-            text(
-                "INSERT INTO search_fts (rowid, names, tags, descriptions, columns) "
-                "SELECT entry_id, names, tags, descriptions, columns FROM search_texts "
-                f"WHERE entry_id IN ({own_entries})"
-            ),
-            {"product": product},
-        )
-        return
-    connection.execute(
-        text(f"INSERT INTO search_documents (entry_id, document) VALUES (:entry_id, {TS_RANKING})"),
-        [
-            {"entry_id": row["entry_id"], **{f: _distinct_words(row[f]) for f in TEXT_FIELDS}}
-            for row in texts
-        ],
-    )
-
-
-def _distinct_words(value: str) -> str:
-    """Each word once, in order: the vector keeps one position per word and weight."""
-    return " ".join(dict.fromkeys(value.split()))
-
-
-# The entry's row, its texts and its facets.
-Entry = tuple[dict[str, Any], dict[str, str], set[tuple[str, str]]]
-
-
-def _base_entry(publication: Publication) -> dict[str, Any]:
-    info = publication.product
-    return {
-        "product": info.name,
-        "domain": info.domain.lower(),
-        "owner_email": info.owner.email.lower(),
-        "owner_name": info.owner.name.lower(),
-    }
-
-
-def _product_entry(publication: Publication) -> Entry:
-    info = publication.product
-    facets = {("tag", t.lower()) for t in info.tags}
-    facets |= {("group", group) for group in info.visible_to}
-    for dataset in publication.datasets.values():
-        facets |= {("tag", t.lower()) for t in dataset.tags}
-        facets |= {("classification", c.lower()) for c in dataset.classifications}
-    entry = {
-        **_base_entry(publication),
-        "dataset": None,
-        "title": info.name,
-        "description": info.description[:2000],
-    }
-    texts = {
-        "names": words(info.name),
-        "tags": words(" ".join([*info.tags, info.domain])),
-        "descriptions": words(info.description),
-        "columns": "",
-    }
-    return entry, texts, facets
-
-
-def _dataset_entry(publication: Publication, dataset: DatasetDocument) -> Entry:
-    info = publication.product
-    facets = {("tag", t.lower()) for t in [*dataset.tags, *info.tags]}
-    facets |= {("classification", c.lower()) for c in dataset.classifications}
-    columns = " ".join(f"{c.name} {c.description}" for c in dataset.columns)
-    entry = {
-        **_base_entry(publication),
-        "dataset": dataset.name,
-        "title": dataset.name,
-        "description": dataset.description[:2000],
-    }
-    texts = {
-        "names": words(dataset.name),
-        "tags": words(" ".join(dataset.tags)),
-        "descriptions": words(f"{dataset.description} {info.name}"),
-        "columns": words(columns),
-    }
-    return entry, texts, facets

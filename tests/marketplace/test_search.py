@@ -228,3 +228,56 @@ def test_a_restricted_product_and_its_datasets_are_hidden_from_outsiders(
             ("warehouse-stock", "customer_revenue")
         ]
         assert search(mesh, "", viewer=viewer).total == 7
+
+
+def test_a_word_ranks_by_where_it_is_found_names_tags_descriptions_then_columns(
+    store: MarketplaceStore, base_publication: dict[str, Any]
+) -> None:
+    base = only_datasets(base_publication, "customer_revenue")
+    columned = with_dataset(
+        variant(base, "columned"),
+        "plain_data",
+        columns=[{"name": "zorblat_code", "type": "VARCHAR", "description": "A code"}],
+    )
+    for document in (
+        variant(base, "zorblat-hub"),
+        variant(base, "tagged", tags=["zorblat"]),
+        variant(base, "described", description="All about zorblat things."),
+        columned,
+    ):
+        publish(store, document)
+    hits = found(store, "zorbl")
+    order = [("zorblat-hub", None), ("tagged", None), ("described", None)]
+    assert [hit for hit in hits if hit in order] == order
+    assert hits.index(("described", None)) < hits.index(("columned", "plain_data"))
+
+
+def test_filter_values_are_matched_literally(
+    store: MarketplaceStore, base_publication: dict[str, Any]
+) -> None:
+    """Quotes, backslashes and query syntax in a filter value match only that value."""
+    odd = variant(
+        only_datasets(base_publication, "customer_revenue"),
+        "odd-values",
+        tags=["it's", "back\\slash", "a' | 'b", "x:*"],
+    )
+    odd["product"]["owner"] = {"name": "D'Arcy O\\Brien", "email": "d'arcy@example.com"}
+    publish(store, odd)
+    expected = found(store, "revenue")
+    assert expected == [("odd-values", "customer_revenue")]
+    for tag in ("it's", "back\\slash", "a' | 'b", "x:*"):
+        assert found(store, "revenue", tag=tag) == expected, tag
+    for owner in ("d'arcy o\\brien", "D'ARCY@example.com"):
+        assert found(store, "revenue", owner=owner) == expected, owner
+    for tag in ("it", "a", "b", "x", "back"):
+        assert found(store, "revenue", tag=tag) == [], tag
+
+
+def test_a_long_word_matches_by_its_first_64_characters(
+    store: MarketplaceStore, base_publication: dict[str, Any]
+) -> None:
+    long_word = "quasi" + "x" * 95
+    publish(store, variant(base_publication, "long-words", description=f"Has {long_word}."))
+    for query in ("quasi", long_word[:64], long_word):
+        assert found(store, query) == [("long-words", None)], len(query)
+    assert found(store, long_word[:63] + "y") == []
