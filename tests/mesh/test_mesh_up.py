@@ -88,6 +88,12 @@ def until(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
     raise AssertionError(f"{what}: not within {timeout_s:.0f} s")
 
 
+def published_names(marketplace: str) -> list[str]:
+    """The names of the products the marketplace lists."""
+    listing = httpx.get(f"{marketplace}/api/v1/products", timeout=10).json()
+    return sorted(p["name"] for p in listing["products"])
+
+
 def copy_with_free_ports(target: Path) -> Path:
     shutil.copytree(EXAMPLE, target)
     spec = yaml.safe_load((target / "mesh.yaml").read_text())
@@ -164,11 +170,8 @@ def test_the_continental_product_holds_every_country(mesh: RunningMesh) -> None:
 def test_the_marketplace_lists_every_product_with_lineage_across_products(
     mesh: RunningMesh,
 ) -> None:
-    def published() -> list[str]:
-        listing = httpx.get(f"{mesh.marketplace}/api/v1/products", timeout=10).json()
-        return sorted(p["name"] for p in listing["products"])
-
-    until(lambda: published() == sorted(mesh.products), 60, "all four products published")
+    until(lambda: published_names(mesh.marketplace) == sorted(mesh.products), 60,
+          "all four products published")  # fmt: skip
     europe = httpx.get(f"{mesh.marketplace}/api/v1/products/sales-europe", timeout=10).json()
     sources = europe["publication"]["product"]["sources"]
     assert sources["de_orders"]["url"] == mesh.address("sales-de")
