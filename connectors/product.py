@@ -217,13 +217,11 @@ class ProductConnector(Connector):
                 same_origin_client(url, timeout_s=spec.timeout_s, where=self.where) as client,
                 client.stream("GET", url, headers=headers) as response,
             ):
-                body = b""
-                for chunk in response.iter_bytes():
-                    body += chunk
-                    if len(body) > PROBE_BODY_BYTES:
-                        return None
                 if response.status_code != 200:
                     return None
+                body = _head(response, PROBE_BODY_BYTES + 1)
+            if len(body) > PROBE_BODY_BYTES:
+                return None
             document = json.loads(body)
         except (httpx.HTTPError, ValueError, SourceError):
             return None
@@ -270,16 +268,22 @@ def watermark_text(value: Any) -> str:
     raise SourceError(f"cannot send a watermark of type {type(value).__name__} upstream")
 
 
+def _head(response: httpx.Response, limit: int) -> bytes:
+    """The body's first chunks, read until they hold at least `limit` bytes (or it ends)."""
+    raw = b""
+    for chunk in response.iter_bytes():
+        raw += chunk
+        if len(raw) >= limit:
+            break
+    return raw
+
+
 def _upstream_message(response: httpx.Response) -> str:
     """The message of the upstream error body (its stable JSON shape), bounded."""
-    raw = b""
     try:
-        for chunk in response.iter_bytes():
-            raw += chunk
-            if len(raw) >= ERROR_BODY_BYTES:
-                break
+        raw = _head(response, ERROR_BODY_BYTES)
     except httpx.HTTPError:
-        pass
+        raw = b""
     try:
         message = json.loads(raw)["error"]["message"]
     except (ValueError, KeyError, TypeError):

@@ -33,7 +33,12 @@ from tests.container.test_container import (
     image,  # noqa: F401 (the fixture that builds the image)
     report,
 )
-from tests.mesh.test_mesh_up import NEW_ORDER, copy_with_free_ports, published_names, until
+from tests.mesh.test_mesh_up import (
+    NEW_ORDER,
+    assert_marketplace_links_the_mesh,
+    copy_with_free_ports,
+    until,
+)
 
 pytestmark = pytest.mark.container
 
@@ -218,12 +223,7 @@ def test_output_needs_a_token_through_the_gateway(mesh: ComposedMesh) -> None:
 def test_the_marketplace_lists_every_product_with_lineage_across_products(
     mesh: ComposedMesh,
 ) -> None:
-    until(lambda: published_names(mesh.marketplace) == sorted(mesh.products), 60,
-          "all four products published")  # fmt: skip
-    europe = httpx.get(f"{mesh.marketplace}/api/v1/products/sales-europe", timeout=10).json()
-    sources = europe["publication"]["product"]["sources"]
-    assert sources["de_orders"]["url"] == mesh.address("sales-de")
-    assert sources["fr_orders"]["url"] == mesh.address("sales-fr")
+    assert_marketplace_links_the_mesh(mesh.marketplace, sorted(mesh.products), mesh.address)
 
 
 def test_an_order_pushed_to_sales_de_reaches_sales_global(

@@ -94,6 +94,17 @@ def published_names(marketplace: str) -> list[str]:
     return sorted(p["name"] for p in listing["products"])
 
 
+def assert_marketplace_links_the_mesh(
+    marketplace: str, names: list[str], address: Callable[[str], str]
+) -> None:
+    """Every product published, and sales-europe's sources at the countries' addresses."""
+    until(lambda: published_names(marketplace) == names, 60, "all four products published")
+    europe = httpx.get(f"{marketplace}/api/v1/products/sales-europe", timeout=10).json()
+    sources = europe["publication"]["product"]["sources"]
+    assert sources["de_orders"]["url"] == address("sales-de")
+    assert sources["fr_orders"]["url"] == address("sales-fr")
+
+
 def copy_with_free_ports(target: Path) -> Path:
     shutil.copytree(EXAMPLE, target)
     spec = yaml.safe_load((target / "mesh.yaml").read_text())
@@ -170,12 +181,7 @@ def test_the_continental_product_holds_every_country(mesh: RunningMesh) -> None:
 def test_the_marketplace_lists_every_product_with_lineage_across_products(
     mesh: RunningMesh,
 ) -> None:
-    until(lambda: published_names(mesh.marketplace) == sorted(mesh.products), 60,
-          "all four products published")  # fmt: skip
-    europe = httpx.get(f"{mesh.marketplace}/api/v1/products/sales-europe", timeout=10).json()
-    sources = europe["publication"]["product"]["sources"]
-    assert sources["de_orders"]["url"] == mesh.address("sales-de")
-    assert sources["fr_orders"]["url"] == mesh.address("sales-fr")
+    assert_marketplace_links_the_mesh(mesh.marketplace, sorted(mesh.products), mesh.address)
     page = httpx.get(f"{mesh.marketplace}/products/sales-europe/datasets/daily_sales", timeout=10)
     assert page.status_code == 200
     for link in ("/products/sales-de/datasets/orders", "/products/sales-fr/datasets/orders",

@@ -23,6 +23,7 @@ import pytest
 
 from dataproduct.cli import example_dir
 from dataproduct.gateway import GatewayRoute, render_nginx
+from dataproduct.nginx import nginx_command
 from dataproduct.security import issue_token
 from tests.conftest import SECRET
 from tests.server.conftest import Launcher, Server, free_port
@@ -73,12 +74,10 @@ def _product_copy(target: Path, name: str) -> Path:
     return target
 
 
-def _start_nginx(binary: str, config: Path, runtime: Path, base: str) -> subprocess.Popen[bytes]:
-    error_log = runtime / "error.log"
-    command = [binary, "-p", str(runtime), "-e", str(error_log), "-c", str(config)]
+def _start_nginx(config: Path, runtime: Path, base: str) -> subprocess.Popen[bytes]:
     with (runtime / "nginx.out").open("wb") as out:
         process = subprocess.Popen(
-            [*command, "-g", "daemon off;"],
+            nginx_command(config, runtime),
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=runtime,
@@ -119,7 +118,7 @@ def gateway(nginx: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ga
         config = runtime / "nginx.conf"
         listen = f"127.0.0.1:{port}"
         config.write_text(render_nginx(routes, listen, runtime_dir=runtime, max_body=MAX_BODY))
-        process = _start_nginx(nginx, config, runtime, base)
+        process = _start_nginx(config, runtime, base)
         yield Gateway(process, base, runtime, products)
         process.send_signal(signal.SIGQUIT)  # graceful stop
         try:
